@@ -1,0 +1,202 @@
+"""Command line: ``retinaserve detect | models | weights``. Thin: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import RetinaServeError
+from .images import IMAGE_SUFFIXES
+
+log = logging.getLogger("retinaserve")
+
+
+def _det_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 640x640, got {text!r}") from None
+    return width, height
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
+    return value
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Files as given; directories expand to the images they hold (recursively, sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(path)
+    return out
+
+
+def _draw_target(directory: Path, image_path: Path, used: set[Path]) -> Path:
+    target = directory / f"{image_path.stem}.jpg"
+    counter = 1
+    while target in used:
+        target = directory / f"{image_path.stem}-{counter}.jpg"
+        counter += 1
+    used.add(target)
+    return target
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .detection import Detector, ResizePolicy
+    from .draw import draw_faces
+    from .images import load_image
+
+    if args.long_side is not None:
+        resize = ResizePolicy(long_side=args.long_side)
+    elif args.det_size is not None:
+        resize = ResizePolicy(det_size=args.det_size)
+    elif args.original:
+        resize = ResizePolicy()
+    else:
+        resize = None
+    paths = expand_inputs(args.paths)
+    if not paths:
+        print("error: no images found in the given paths", file=sys.stderr)
+        return 2
+    detector = Detector(
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        threshold=args.threshold,
+        nms_threshold=args.nms,
+        resize=resize,
+        max_faces=args.max_faces,
+        download=args.download,
+    )
+    log.info("%r", detector)
+    if args.draw:
+        args.draw.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, object]]] = {}
+    failures = 0
+    used: set[Path] = set()
+    show_progress = len(paths) > 1 and not args.quiet
+    for path in tqdm(paths, desc="detecting", unit="img", disable=not show_progress, file=sys.stderr):
+        try:
+            image = load_image(path)
+            result = detector.run([image])[0]
+        except RetinaServeError as exc:
+            failures += 1
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+            continue
+        results[str(path)] = [face.to_dict() for face in result.faces]
+        if not args.quiet:
+            tqdm.write(f"{path}: {len(result.faces)} faces ({result.timings_ms['total']:.0f} ms)", file=sys.stdout)
+        if args.draw:
+            target = _draw_target(args.draw, path, used)
+            draw_faces(image, result.faces).save(target, quality=92)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.draw and not args.quiet:
+        print(f"drawn results in {args.draw}/")
+    return 1 if failures else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import DEFAULT_MODEL, get_model_spec, list_models
+    from .weights import resolve_weights
+
+    rows = []
+    for name in list_models():
+        spec = get_model_spec(name)
+        try:
+            where = str(resolve_weights(spec).path)
+        except RetinaServeError:
+            where = "not provisioned"
+        acc = spec.accuracy
+        ap = f"{acc.easy:.3f}/{acc.medium:.3f}/{acc.hard:.3f}" if acc else "-"
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        rows.append((name + default, f"{spec.params_millions or 0:.2f}M", ap, spec.weights.licence, where))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "params", "wider_ap_e_m_h", "licence", "weights"), r)) for r in rows]))
+        return 0
+    header = ("model", "params", "WIDER val AP e/m/h", "licence", "weights")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from .registry import DEFAULT_MODEL, get_model_spec
+    from .weights import fetch_weights
+
+    for name in args.models or [DEFAULT_MODEL]:
+        path = fetch_weights(get_model_spec(name), progress=not args.quiet)
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .registry import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="retinaserve", description="Face detection with five landmarks.")
+    parser.add_argument("--version", action="version", version=f"retinaserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and from where")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    detect = sub.add_parser("detect", help="detect faces in images or folders of images")
+    detect.add_argument("paths", nargs="+", help="image files or directories")
+    detect.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
+    detect.add_argument("--weights", type=Path, help="weights file (default: resolved from env var and cache)")
+    detect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    detect.add_argument("--threshold", type=_probability, help="score threshold (default: the model's own)")
+    detect.add_argument("--nms", type=_probability, default=0.4, help="NMS IoU threshold (default 0.4)")
+    detect.add_argument("--max-faces", type=int, help="keep at most this many faces per image")
+    size = detect.add_mutually_exclusive_group()
+    size.add_argument("--long-side", type=int, help="scale so that the long side is N pixels")
+    size.add_argument("--det-size", type=_det_size, help="letterbox into a fixed WxH input, e.g. 640x640")
+    size.add_argument("--original", action="store_true", help="run at the original image size")
+    detect.add_argument("--json", type=Path, help="write {image path: [faces]} to this file")
+    detect.add_argument("--draw", type=Path, help="write images with boxes, scores and landmarks to this folder")
+    detect.add_argument("--download", action="store_true", help="download missing weights (verified by sha256)")
+    detect.add_argument("-q", "--quiet", action="store_true", help="no per-image lines, no progress bar")
+    detect.set_defaults(func=cmd_detect)
+
+    models = sub.add_parser("models", help="list registered models, their accuracy, licence and weights")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=cmd_models)
+
+    weights = sub.add_parser("weights", help="manage weight files")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    fetch = weights_sub.add_parser("fetch", help="download and verify weights into the cache")
+    fetch.add_argument("models", nargs="*", help=f"model names (default {DEFAULT_MODEL})")
+    fetch.add_argument("-q", "--quiet", action="store_true")
+    fetch.set_defaults(func=cmd_weights_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``retinaserve`` command; known errors print one line, never a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (RetinaServeError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

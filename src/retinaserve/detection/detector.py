@@ -1,0 +1,309 @@
+"""The Detector: image -> resize and normalise -> network -> decode, threshold, NMS -> typed faces.
+
+The network only maps a tensor batch to raw head outputs; everything around it lives here, in torch on the
+network's device, so that the same code serves CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, load_image
+from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
+from ..weights import load_network
+from .boxes import decode_boxes, decode_landmarks, nms
+from .priors import PriorCache
+from .results import Face, ImageResult, Landmarks
+
+__all__ = ["Detector", "ResizePolicy", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How an image is sized for the network: original size, long side N, or letterboxed into W x H.
+
+    Results are always mapped back to original-image pixels.
+    """
+
+    long_side: int | None = None
+    det_size: tuple[int, int] | None = None
+    """(width, height) of a fixed network input; the image is scaled to fit and padded bottom/right."""
+
+    def __post_init__(self) -> None:
+        if self.long_side is not None and self.det_size is not None:
+            raise ValueError("give either long_side or det_size, not both")
+        if self.long_side is not None and self.long_side < 16:
+            raise ValueError(f"long_side must be at least 16, got {self.long_side}")
+        if self.det_size is not None and min(self.det_size) < 16:
+            raise ValueError(f"det_size must be at least 16x16, got {self.det_size}")
+
+    @classmethod
+    def parse(cls, text: str) -> ResizePolicy:
+        """``"original"``, ``"640"`` (long side) or ``"640x480"`` (det_size W x H)."""
+        text = text.strip().lower()
+        if text == "original":
+            return cls()
+        if match := re.fullmatch(r"(\d+)x(\d+)", text):
+            return cls(det_size=(int(match[1]), int(match[2])))
+        if text.isdigit():
+            return cls(long_side=int(text))
+        raise ValueError(f"resize must be 'original', N (long side) or WxH, got {text!r}")
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the image after scaling, before any padding."""
+        if self.long_side is not None:
+            scale = self.long_side / max(height, width)
+        elif self.det_size is not None:
+            scale = min(self.det_size[0] / width, self.det_size[1] / height)
+        else:
+            return height, width
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def __str__(self) -> str:
+        if self.long_side is not None:
+            return f"long side {self.long_side}"
+        if self.det_size is not None:
+            return f"{self.det_size[0]}x{self.det_size[1]} letterbox"
+        return "original size"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU (and says which); an unavailable CUDA request raises."""
+    if str(device) == "auto":
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        log.info("device=auto picked %s", chosen)
+        return chosen
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    tensor: torch.Tensor  # (3, H_in, W_in) normalised network input
+    height: int
+    width: int
+    scale_y: float  # resized / original
+    scale_x: float
+
+
+class Detector:
+    """A registered face detector with its weights, ready to run on images of any size.
+
+    >>> detector = Detector("retinaface-mnet025-edge")            # doctest: +SKIP
+    >>> faces = detector("photo.jpg")                              # doctest: +SKIP
+    >>> per_image = detector(["a.jpg", "b.png"])                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        threshold: float | None = None,
+        nms_threshold: float = 0.4,
+        resize: ResizePolicy | None = None,
+        top_k: int = 5000,
+        max_faces: int | None = None,
+        batch_size: int = 8,
+        download: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.spec: ModelSpec = get_model_spec(model)
+        self.device = resolve_device(device)
+        self.threshold = self.spec.default_threshold if threshold is None else threshold
+        self.nms_threshold = nms_threshold
+        self.resize = resize if resize is not None else ResizePolicy(long_side=self.spec.default_long_side)
+        self.top_k = top_k
+        self.max_faces = max_faces
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        _check_options(self.threshold, self.nms_threshold, self.top_k, self.max_faces)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.network = load_network(self.spec, weights, download=download).to(self.device)
+        input_spec = self.spec.input
+        self._channel_index = [0, 1, 2] if input_spec.channel_order == "RGB" else [2, 1, 0]
+        self._mean = torch.tensor(input_spec.mean, device=self.device).view(3, 1, 1)
+        self._inv_std = 1.0 / torch.tensor(input_spec.std, device=self.device).view(3, 1, 1)
+        self._priors = PriorCache(self.spec.anchors.min_sizes, self.spec.anchors.steps, clip=self.spec.anchors.clip)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({self.name!r}, device={self.device}, threshold={self.threshold}, nms={self.nms_threshold}, "
+            f"resize={self.resize})"
+        )
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], **options: object) -> list[Face] | list[list[Face]]:
+        """One image -> its faces; a list or tuple of images -> one list of faces per image."""
+        if isinstance(images, (list, tuple)):
+            return [result.faces for result in self.run(images, **options)]  # type: ignore[arg-type]
+        return self.run([cast(ImageInput, images)], **options)[0].faces  # type: ignore[arg-type]
+
+    def detect(self, image: ImageInput, **options: object) -> list[Face]:
+        """The faces in one image."""
+        return self.run([image], **options)[0].faces  # type: ignore[arg-type]
+
+    def run(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        channels: ChannelOrder = "rgb",
+        threshold: float | None = None,
+        nms_threshold: float | None = None,
+        resize: ResizePolicy | None = None,
+        max_faces: int | None = None,
+    ) -> list[ImageResult]:
+        """Detect faces in every image; options override the detector's defaults for this call only.
+
+        Images whose network inputs have the same shape run as one batch (up to ``batch_size``), so a batch
+        gives exactly the results of running each image alone. ``channels`` is the order of numpy arrays.
+        """
+        threshold = self.threshold if threshold is None else threshold
+        nms_threshold = self.nms_threshold if nms_threshold is None else nms_threshold
+        max_faces = self.max_faces if max_faces is None else max_faces
+        resize = resize or self.resize
+        _check_options(threshold, nms_threshold, self.top_k, max_faces)
+
+        start = time.perf_counter()
+        decoded = [load_image(image, channels=channels, max_pixels=self.max_pixels) for image in images]
+        t_decode = time.perf_counter()
+        prepared = [self.preprocess(array, resize) for array in decoded]
+        t_pre = time.perf_counter()
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(tuple(item.tensor.shape), []).append(index)
+        faces: list[list[Face]] = [[] for _ in images]
+        forward_s = post_s = 0.0
+        for indices in groups.values():
+            for chunk_start in range(0, len(indices), self.batch_size):
+                chunk = indices[chunk_start : chunk_start + self.batch_size]
+                t0 = time.perf_counter()
+                loc, cls, ldm = self.forward(torch.stack([prepared[i].tensor for i in chunk]))
+                t1 = time.perf_counter()
+                for row, index in enumerate(chunk):
+                    faces[index] = self.postprocess(
+                        loc[row], cls[row], ldm[row], prepared[index], threshold, nms_threshold, max_faces
+                    )
+                post_s += time.perf_counter() - t1
+                forward_s += t1 - t0
+        timings = {
+            "decode": (t_decode - start) * 1e3,
+            "preprocess": (t_pre - t_decode) * 1e3,
+            "forward": forward_s * 1e3,
+            "postprocess": post_s * 1e3,
+            "total": (time.perf_counter() - start) * 1e3,
+        }
+        return [
+            ImageResult(
+                faces=faces[i],
+                width=prepared[i].width,
+                height=prepared[i].height,
+                input_size=(prepared[i].tensor.shape[2], prepared[i].tensor.shape[1]),
+                timings_ms=timings,
+            )
+            for i in range(len(images))
+        ]
+
+    def preprocess(self, image: np.ndarray, resize: ResizePolicy | None = None) -> _Prepared:
+        """(H, W, 3) uint8 RGB -> normalised (3, H_in, W_in) network input on the device, with its scale."""
+        resize = resize or self.resize
+        height, width = image.shape[:2]
+        new_h, new_w = resize.scaled_size(height, width)
+        pixels = torch.from_numpy(image if image.flags.writeable else image.copy())
+        x = pixels.to(self.device).permute(2, 0, 1)[self._channel_index].float()
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+        pad_h, pad_w = new_h, new_w
+        if resize.det_size is not None:
+            pad_w, pad_h = resize.det_size
+        multiple = self.spec.input.pad_multiple
+        pad_h, pad_w = math.ceil(pad_h / multiple) * multiple, math.ceil(pad_w / multiple) * multiple
+        if (pad_h, pad_w) != (new_h, new_w):
+            x = F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
+        x = (x - self._mean) * self._inv_std
+        return _Prepared(x.contiguous(), height, width, new_h / height, new_w / width)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) normalised input -> raw (loc, class logits, landmarks); checks the anchor count."""
+        loc, cls, ldm = self.network(batch)
+        priors = self._priors.get(batch.shape[2], batch.shape[3], self.device)
+        if loc.shape[1] != priors.shape[0]:
+            raise RuntimeError(
+                f"{self.name}: network predicts {loc.shape[1]} anchors for a {tuple(batch.shape[2:])} input but the "
+                f"registered anchor layout gives {priors.shape[0]}; the registry entry does not fit the network"
+            )
+        return loc, cls, ldm
+
+    @torch.inference_mode()
+    def postprocess(
+        self,
+        loc: torch.Tensor,
+        cls: torch.Tensor,
+        ldm: torch.Tensor,
+        prepared: _Prepared,
+        threshold: float,
+        nms_threshold: float,
+        max_faces: int | None,
+    ) -> list[Face]:
+        """Raw outputs of one image (A, 4), (A, 2), (A, 10) -> faces in original pixels, best first."""
+        _, in_h, in_w = prepared.tensor.shape
+        priors = self._priors.get(in_h, in_w, self.device)
+        scores = torch.softmax(cls.float(), dim=-1)[:, 1]
+        candidates = torch.nonzero(scores > threshold).squeeze(1)
+        kept_scores = scores[candidates]
+        if candidates.numel() > self.top_k:
+            kept_scores, order = kept_scores.topk(self.top_k)
+            candidates = candidates[order]
+        variance = self.spec.anchors.variance
+        scale = torch.tensor(
+            [in_w / prepared.scale_x, in_h / prepared.scale_y], device=self.device, dtype=torch.float32
+        )
+        boxes = decode_boxes(loc[candidates].float(), priors[candidates], variance) * scale.repeat(2)
+        points = decode_landmarks(ldm[candidates].float(), priors[candidates], variance) * scale
+        keep = nms(boxes, kept_scores, nms_threshold)
+        if max_faces is not None:
+            keep = keep[:max_faces]
+        boxes_list = boxes[keep].tolist()
+        points_list = points[keep].tolist()
+        scores_list = kept_scores[keep].tolist()
+        return [
+            Face(
+                box=(b[0], b[1], b[2], b[3]),
+                score=s,
+                landmarks=Landmarks(*(tuple(p) for p in pts)),  # type: ignore[arg-type]
+            )
+            for b, s, pts in zip(boxes_list, scores_list, points_list)
+        ]
+
+
+def _check_options(threshold: float, nms_threshold: float, top_k: int, max_faces: int | None) -> None:
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if not 0.0 < nms_threshold <= 1.0:
+        raise ValueError(f"nms threshold must be in (0, 1], got {nms_threshold}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if max_faces is not None and max_faces < 1:
+        raise ValueError(f"max_faces must be >= 1, got {max_faces}")

@@ -1,0 +1,236 @@
+"""Finding, verifying, downloading and loading checkpoints.
+
+Resolution order: an explicit path, then ``$RETINASERVE_WEIGHTS_DIR``, then the cache
+(``$XDG_CACHE_HOME/retinaserve`` or ``~/.cache/retinaserve``), then, only when asked, a download from the
+registered URL verified by sha256. Nothing here touches the network unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import WeightsDownloadError, WeightsIntegrityError, WeightsNotFoundError
+from ..registry import ModelSpec, get_model_spec, list_models
+
+__all__ = [
+    "ENV_VAR",
+    "ResolvedWeights",
+    "cache_dir",
+    "candidate_paths",
+    "download_weights",
+    "fetch_weights",
+    "load_network",
+    "load_state_dict",
+    "resolve_weights",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "RETINASERVE_WEIGHTS_DIR"
+Origin = Literal["argument", "env", "cache", "download"]
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A weights file and where it was found."""
+
+    path: Path
+    origin: Origin
+
+
+def cache_dir() -> Path:
+    """The weights cache root: ``$XDG_CACHE_HOME/retinaserve``, else ``~/.cache/retinaserve``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "retinaserve"
+
+
+def model_cache_dir(spec: ModelSpec) -> Path:
+    """Where the cache keeps this model's files (one folder per model: file names can collide)."""
+    return cache_dir() / spec.name
+
+
+def candidate_paths(spec: ModelSpec) -> list[tuple[Origin, Path]]:
+    """Every place looked for ``spec``'s weights, in order (without the explicit path)."""
+    places: list[tuple[Origin, Path]] = []
+    env_dir = os.environ.get(ENV_VAR)
+    if env_dir:
+        places.append(("env", Path(env_dir) / spec.name / spec.weights.filename))
+        places.append(("env", Path(env_dir) / spec.weights.filename))
+    places.append(("cache", model_cache_dir(spec) / spec.weights.filename))
+    return places
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _provision_hint(spec: ModelSpec) -> str:
+    if spec.weights.url or spec.weights.provider != "file":
+        how = f"run `retinaserve weights fetch {spec.name}` (on a machine with network access)"
+    else:
+        how = f"download {spec.weights.filename} from {spec.weights.source}"
+    return (
+        f"{how}, then pass the file with --weights (weights= in Python), put it in ${ENV_VAR}, "
+        f"or copy it to {model_cache_dir(spec)}/"
+    )
+
+
+def resolve_weights(spec: ModelSpec, path: str | Path | None = None, *, download: bool = False) -> ResolvedWeights:
+    """Find ``spec``'s weights file; raise :class:`WeightsNotFoundError` naming every place looked."""
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if not explicit.is_file():
+            raise WeightsNotFoundError(f"weights file {explicit} for {spec.name} does not exist")
+        return ResolvedWeights(explicit, "argument")
+    places = candidate_paths(spec)
+    for origin, candidate in places:
+        if candidate.is_file():
+            return ResolvedWeights(candidate, origin)
+    if download:
+        return ResolvedWeights(fetch_weights(spec), "download")
+    looked = "; ".join(str(p) for _, p in places)
+    env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
+    raise WeightsNotFoundError(
+        f"weights for {spec.name} not found: looked in {looked}{env_note}. To provision them: {_provision_hint(spec)}"
+    )
+
+
+Fetcher = Callable[[ModelSpec, Path], Path]
+_FETCHERS: dict[str, Fetcher] = {}
+
+
+def register_fetcher(provider: str, fetcher: Fetcher) -> None:
+    """Teach :func:`fetch_weights` how to provision weights of another ``WeightsSpec.provider`` kind."""
+    _FETCHERS[provider] = fetcher
+
+
+def fetch_weights(spec: ModelSpec, dest_dir: Path | None = None, *, progress: bool = False) -> Path:
+    """Provision ``spec``'s weights into the cache (explicit download, verified); returns the file path."""
+    dest = dest_dir or model_cache_dir(spec)
+    target = dest / spec.weights.filename
+    if target.is_file():
+        verify_file(spec, target)
+        return target
+    if spec.weights.provider != "file":
+        if spec.weights.provider not in _FETCHERS:
+            raise WeightsDownloadError(f"no fetcher for weights provider {spec.weights.provider!r} of {spec.name}")
+        return _FETCHERS[spec.weights.provider](spec, dest)
+    if not spec.weights.url:
+        raise WeightsDownloadError(
+            f"{spec.name} has no direct download address; download {spec.weights.filename} from "
+            f"{spec.weights.source} and pass it with --weights or copy it to {dest}/"
+        )
+    return download_weights(spec.weights.url, target, spec.weights.sha256, progress=progress)
+
+
+def download_weights(
+    url: str, target: Path, sha256: str | None, *, progress: bool = False, timeout: float = 30
+) -> Path:
+    """Download ``url`` to ``target`` atomically, verifying ``sha256``; clear errors when offline."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s", url, target)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name)
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+        if sha256 is not None:
+            actual = sha256_file(tmp)
+            if actual != sha256:
+                raise WeightsDownloadError(
+                    f"download of {url} has sha256 {actual}, expected {sha256}; the file was discarded"
+                )
+        shutil.move(tmp, target)
+        return target
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise WeightsDownloadError(
+            f"could not download {url} ({exc}); on a machine without network access copy the file to "
+            f"{target} or set ${ENV_VAR}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verify_file(spec: ModelSpec, path: Path) -> None:
+    """Check the file's sha256 against the registry; where none is registered, refuse other models' files."""
+    actual = sha256_file(path)
+    expected = spec.weights.sha256
+    if expected is not None:
+        if actual != expected:
+            raise WeightsIntegrityError(
+                f"weights file {path} for {spec.name} has sha256 {actual}, expected {expected} "
+                f"({spec.weights.filename} from {spec.weights.source}); the file is corrupt or another checkpoint"
+            )
+        return
+    for other_name in list_models():
+        other = get_model_spec(other_name)
+        if other.name != spec.name and other.weights.sha256 == actual:
+            raise WeightsIntegrityError(
+                f"weights file {path} is the checkpoint of {other.name}, not of {spec.name} "
+                f"(same file name, different anchors); use --model {other.name}"
+            )
+
+
+def load_state_dict(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (PyTorch pickle or safetensors) as a flat state_dict without a ``module.`` prefix."""
+    verify_file(spec, path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        raise WeightsIntegrityError(f"weights file {path} for {spec.name} cannot be read: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsIntegrityError(f"weights file {path} for {spec.name} does not hold a state_dict of tensors")
+    prefix = "module."
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def load_network(spec: ModelSpec, weights: str | Path | None = None, *, download: bool = False) -> nn.Module:
+    """Build ``spec``'s network on CPU and load its weights with strict key and shape matching, in eval mode."""
+    resolved = resolve_weights(spec, weights, download=download)
+    state = load_state_dict(spec, resolved.path)
+    network = spec.build()
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsIntegrityError(
+            f"weights file {resolved.path} does not match the {spec.name} architecture: {' '.join(str(exc).split())}"
+        ) from exc
+    log.info("loaded %s weights from %s (%s)", spec.name, resolved.path, resolved.origin)
+    return network.eval()

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real photos, weights and references in ../shared (tests only; the product never needs it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("RETINASERVE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+WEIGHTS = SHARED / "weights"
+IMAGES = SHARED / "images"
+REFERENCE = SHARED / "reference"
+SIX_PEOPLE = IMAGES / "six_people.jpg"
+CROWD = IMAGES / "crowd_selfie.jpg"
+SHARED_MODELS = ("retinaface-mnet025-edge", "ultralight-slim", "ultralight-rfb")
+"""Registered models whose real weights are in ../shared/weights."""
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SIX_PEOPLE.is_file():
+        pytest.skip(f"shared test data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point weight resolution at ../shared/weights and an empty cache, never at the user's own."""
+    monkeypatch.setenv("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+_DETECTORS: dict[tuple[str, tuple[tuple[str, object], ...]], object] = {}
+
+
+@pytest.fixture(scope="session")
+def detector_factory(shared: Path):
+    """Detectors cached for the session (loading is cheap, but there is no reason to repeat it)."""
+    from retinaserve import Detector
+
+    def make(model: str, **kwargs: object) -> Detector:
+        key = (model, tuple(sorted(kwargs.items())))
+        if key not in _DETECTORS:
+            os.environ.setdefault("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
+            _DETECTORS[key] = Detector(model, weights=WEIGHTS / _weights_file(model), **kwargs)
+        return _DETECTORS[key]  # type: ignore[return-value]
+
+    return make
+
+
+def _weights_file(model: str) -> str:
+    from retinaserve.registry import get_model_spec
+
+    return get_model_spec(model).weights.filename
