@@ -26,10 +26,14 @@ def draw_faces(image: np.ndarray | Image.Image, faces: Sequence[Face], *, landma
     canvas = image.copy() if isinstance(image, Image.Image) else Image.fromarray(image)
     canvas = canvas.convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    line = max(1, round(max(canvas.size) / 500))
-    font = ImageFont.load_default(size=max(10, 6 * line + 6))
+    base_line = max(1, round(max(canvas.size) / 500))
+    fonts: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
     for face in faces:
         x1, y1, x2, y2 = face.box
+        # small faces get thin lines and small labels so that crowds stay readable
+        line = max(1, min(base_line, round(min(face.width, face.height) / 40)))
+        font_size = int(max(8, min(6 * base_line + 6, face.height * 0.3)))
+        font = fonts.setdefault(font_size, ImageFont.load_default(size=font_size))
         draw.rectangle((x1, y1, x2, y2), outline=_BOX, width=line)
         label = f"{face.score:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
