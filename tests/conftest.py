@@ -17,6 +17,19 @@ SHARED_MODELS = ("retinaface-mnet025-edge", "ultralight-slim", "ultralight-rfb")
 """Registered models whose real weights are in ../shared/weights."""
 
 
+def _user_cache() -> Path:
+    from retinaserve.weights import cache_dir
+
+    return cache_dir()
+
+
+MNV2_WEIGHTS = _user_cache() / "retinaface-mnv2" / "model.safetensors"
+"""The default model's converted weights, provisioned by `retinaserve weights fetch` (the Makefile's test target)
+before the tests run; read here before the autouse fixture below points the cache elsewhere."""
+REAL_MODELS = (*SHARED_MODELS, "retinaface-mnv2") if MNV2_WEIGHTS.is_file() else SHARED_MODELS
+"""Registered models whose real weights the tests can load."""
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SIX_PEOPLE.is_file():
@@ -43,13 +56,17 @@ def detector_factory(shared: Path):
         key = (model, tuple(sorted(kwargs.items())))
         if key not in _DETECTORS:
             os.environ.setdefault("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
-            _DETECTORS[key] = Detector(model, weights=WEIGHTS / _weights_file(model), **kwargs)
+            _DETECTORS[key] = Detector(model, weights=_weights_file(model), **kwargs)
         return _DETECTORS[key]  # type: ignore[return-value]
 
     return make
 
 
-def _weights_file(model: str) -> str:
+def _weights_file(model: str) -> Path:
     from retinaserve.registry import get_model_spec
 
-    return get_model_spec(model).weights.filename
+    if model == "retinaface-mnv2":
+        if not MNV2_WEIGHTS.is_file():
+            pytest.skip(f"{model} weights not provisioned ({MNV2_WEIGHTS}); run `retinaserve weights fetch {model}`")
+        return MNV2_WEIGHTS
+    return WEIGHTS / get_model_spec(model).weights.filename

