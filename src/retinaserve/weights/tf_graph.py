@@ -11,7 +11,6 @@ scaling, anchors, variances, NMS thresholds) from the graph itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..errors import WeightsIntegrityError, WeightsNotFoundError
 from ..models.mobilenetv2 import FEATURE_BLOCKS, build_retinaface_mnv2
+from . import sha256_file
 
 __all__ = [
     "CONVERSION_VERSION",
@@ -790,14 +790,6 @@ def read_graph_metadata(graph: FrozenGraph) -> dict[str, Any]:
 # Cache: model.safetensors + meta.json
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -833,7 +825,7 @@ def save_converted(
         "conversion_version": CONVERSION_VERSION,
         "source": dict(source),
         "model_file": MODEL_FILENAME,
-        "model_sha256": _sha256_file(model_path),
+        "model_sha256": sha256_file(model_path),
         "graph": dict(graph_metadata),
     }
     _write_atomically(folder / META_FILENAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
@@ -860,7 +852,7 @@ def load_converted(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict
             f"{folder} holds a conversion of version {meta.get('conversion_version')}, this retinaserve needs "
             f"version {CONVERSION_VERSION}: run `retinaserve weights fetch retinaface-mnv2` again"
         )
-    actual = _sha256_file(model_path)
+    actual = sha256_file(model_path)
     if actual != meta.get("model_sha256"):
         raise WeightsIntegrityError(
             f"{model_path} has sha256 {actual}, meta.json records {meta.get('model_sha256')}; the cache is "
