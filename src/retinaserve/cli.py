@@ -113,19 +113,26 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .registry import DEFAULT_MODEL, get_model_spec, list_models
-    from .weights import resolve_weights
+    from .weights import load_state_dict, resolve_weights
 
     rows = []
     for name in list_models():
         spec = get_model_spec(name)
         try:
-            where = str(resolve_weights(spec).path)
+            path = resolve_weights(spec).path
         except RetinaServeError:
             where = "not provisioned"
+        else:
+            try:
+                load_state_dict(spec, path)  # hash and format checks: a wrong file is shown as such
+                where = str(path)
+            except RetinaServeError:
+                where = f"unusable file: {path}"
         acc = spec.accuracy
         ap = f"{acc.easy:.3f}/{acc.medium:.3f}/{acc.hard:.3f}" if acc else "-"
         default = " (default)" if name == DEFAULT_MODEL else ""
-        rows.append((name + default, f"{spec.params_millions or 0:.2f}M", ap, spec.weights.licence, where))
+        licence = spec.weights.licence if args.json else spec.weights.licence.split(" (")[0]
+        rows.append((name + default, f"{spec.params_millions or 0:.2f}M", ap, licence, where))
     if args.json:
         print(json.dumps([dict(zip(("name", "params", "wider_ap_e_m_h", "licence", "weights"), r)) for r in rows]))
         return 0
