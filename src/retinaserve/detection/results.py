@@ -64,6 +64,9 @@ class ImageResult:
     input_size: tuple[int, int]
     """(width, height) of the network input after resizing and padding."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage of the call: decode, copy, preprocess, forward, postprocess, total."""
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    """Memory of the call in MiB: ``peak_allocated``/``peak_reserved`` on CUDA, ``peak_rss``/``rss`` on CPU."""
 
     def to_dict(self, *, landmarks: bool = True) -> dict[str, Any]:
         return {

