@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_plan_parser(sub)
+
+    from .serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,109 @@
+"""Throughput and latency of POST /v1/detect under wrk at several client counts, dynamic batching on vs off.
+
+    python benchmarks/serve_load.py --image ../shared/images/six_people.jpg --clients 1 8 32 --duration 10 \
+        --json out/serve_load.json
+
+Starts the server on 127.0.0.1 (a free port) once per mode, runs wrk (Debian package ``wrk``) for a bounded time
+per client count, and reads the batch-size metric to show how many images each model call carried.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from serve_common import running_server
+
+MODES = {"batching on": ["--max-batch", "8", "--max-wait-ms", "5"], "batching off": ["--max-batch", "1"]}
+
+
+def batch_counts(base: str) -> tuple[float, float]:
+    """(model calls, images) so far, from /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    count = re.search(r"^retinaserve_batch_size_count (\S+)$", text, re.M)
+    total = re.search(r"^retinaserve_batch_size_sum (\S+)$", text, re.M)
+    return (float(count[1]) if count else 0.0), (float(total[1]) if total else 0.0)
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, script: Path, clients: int, duration_s: int) -> dict[str, float]:
+    threads = min(clients, 2)
+    command = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration_s}s", "--latency", "--timeout", "30s",
+               "-s", str(script), url]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M))
+    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)$", output, re.M)
+    return {
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),  # type: ignore[index]
+        "p50_ms": to_ms(latency["50"]),
+        "p99_ms": to_ms(latency["99"]),
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "socket_errors": errors[1] if errors else "",  # type: ignore[dict-item]
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--model", default=None, help="default: the server's default model")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--log-dir", type=Path, default=Path("out/serve_load"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(
+            'wrk.method = "POST"\n'
+            f'local f = io.open("{args.image.resolve()}", "rb")\n'
+            'wrk.body = f:read("*a")\nf:close()\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+    script = Path(lua.name)
+    rows = []
+    for mode, flags in MODES.items():
+        model_flags = ["--model", args.model] if args.model else []
+        server_flags = [*flags, *model_flags, "--max-queue", "256", "--log-level", "warning"]
+        with running_server(server_flags, log_path=args.log_dir / f"{mode.replace(' ', '_')}.log") as (base, _):
+            url = f"{base}/v1/detect"
+            run_wrk(url, script, 2, 3)  # warm-up, not reported
+            for clients in args.clients:
+                calls_before, images_before = batch_counts(base)
+                result = run_wrk(url, script, clients, args.duration)
+                calls, images = batch_counts(base)
+                mean_batch = (images - images_before) / max(calls - calls_before, 1)
+                rows.append({"mode": mode, "clients": clients, **result, "mean_batch": round(mean_batch, 2)})
+                print(f"{mode:13} {clients:3} clients: {result['rps']:7.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
+                      f"p99 {result['p99_ms']:7.1f} ms  mean batch {mean_batch:4.2f}  non-2xx {result['non_2xx']}",
+                      flush=True)  # fmt: skip
+    script.unlink()
+    print("\n| mode | clients | req/s | p50 ms | p99 ms | mean batch | non-2xx |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['mean_batch']:.2f} | {r['non_2xx']} |")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"image": str(args.image), "duration_s": args.duration, "rows": rows}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The HTTP app: ``create_app(settings)`` wires routes, errors, metrics and the web page; the model is loaded and
+warmed up in the lifespan, so importing this module or building the app is cheap."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from .errors import install_error_handlers
+from .inference import DetectionService, DetectorLike, build_detector
+from .metrics import MetricsMiddleware, ServiceMetrics
+from .routers import beautify, detect, health, metrics, models
+from .settings import ServeSettings
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+_DESCRIPTION = """Face detection with five landmarks, and landmark-guided skin smoothing.
+
+Upload an image as a multipart file or as the raw body. Its type is decided by its content. Errors always have
+the shape `{"error": {"code": ..., "message": ...}}`. When the server runs with API keys, send one in the
+`X-API-Key` header (health checks, this page and the web page need none)."""
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    *,
+    detector_factory: Callable[[ServeSettings], DetectorLike] = build_detector,
+) -> FastAPI:
+    """A new app with its own metrics registry; the detector is built by ``detector_factory`` at start-up."""
+    settings = settings or ServeSettings()
+    service_metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = DetectionService(settings, detector_factory, on_batch=service_metrics.observe_batch)
+        service_metrics.track_queue(lambda: service.batcher.depth, lambda: service.batcher.in_flight)
+        app.state.service = service
+        await service.start()  # builds the detector and warms it up on the thread that will run it
+        service_metrics.model_info.labels(service.model_name, settings.precision).set(1)
+        log.info(
+            "serving %s (%s) with max batch %d, max wait %g ms, queue %d",
+            service.model_name,
+            settings.precision,
+            settings.max_batch,
+            settings.max_wait_ms,
+            settings.max_queue,
+        )
+        try:
+            yield
+        finally:
+            log.info("shutting down: finishing queued work")
+            await service.stop()
+            app.state.service = None
+
+    app = FastAPI(title="retinaserve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = service_metrics
+    app.state.service = None
+    install_error_handlers(app)
+    for module in (health, detect, beautify, models, metrics):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+    return app

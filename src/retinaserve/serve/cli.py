@@ -1,0 +1,99 @@
+"""``retinaserve serve``: the argument parser (added to the main CLI by ``add_serve_parser``) and the runner."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ..registry import DEFAULT_MODEL
+from .settings import PRECISIONS, ServeSettings
+
+__all__ = ["add_serve_parser", "cmd_serve", "settings_from_args"]
+
+log = logging.getLogger(__name__)
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the HTTP service (detect, batch, beautify, web page, metrics)",
+        description="Unset flags fall back to RETINASERVE_<NAME> environment variables, e.g. RETINASERVE_API_KEYS.",
+    )
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL})")
+    serve.add_argument("--weights", help="weights file (default: resolved from env var and cache)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:N (default cpu)")
+    serve.add_argument("--precision", choices=PRECISIONS, help="fp32 (default); others need an engine backend")
+    serve.add_argument("--max-batch", type=int, help="most images per model call; 1 turns batching off (default 8)")
+    serve.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill up (default 5)")
+    serve.add_argument("--max-queue", type=int, help="images waiting before requests get 429 (default 64)")
+    serve.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout, s (default 30)")
+    serve.add_argument("--max-upload-mb", type=float, help="largest upload in MiB (default 10)")
+    serve.add_argument("--max-pixels", type=int, help="largest image, width x height (default 25000000)")
+    serve.add_argument("--api-key", action="append", dest="api_keys", help="require this key in X-API-Key (repeatable)")
+    serve.add_argument("--no-warmup", action="store_false", dest="warmup", default=None, help="skip the warm-up run")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=cmd_serve)
+    return serve
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """CLI flags over environment variables over defaults."""
+    overrides = {
+        name: getattr(args, name, None)
+        for name in (
+            "host",
+            "port",
+            "model",
+            "weights",
+            "device",
+            "precision",
+            "max_batch",
+            "max_wait_ms",
+            "max_queue",
+            "request_timeout_s",
+            "max_pixels",
+            "api_keys",
+            "warmup",
+        )
+    }
+    if overrides["weights"] is not None:
+        from pathlib import Path
+
+        overrides["weights"] = Path(overrides["weights"])
+    if getattr(args, "max_upload_mb", None) is not None:
+        overrides["max_upload_bytes"] = int(args.max_upload_mb * 1024 * 1024)
+    return ServeSettings.from_env(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the settings (errors are one line, before the port is bound), then run uvicorn until stopped."""
+    from .inference import ServeConfigError, preflight
+
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise ServeConfigError(
+            f"the HTTP service needs the 'serve' extra ({exc.name} is missing): pip install 'retinaserve[serve]'"
+        ) from None
+
+    settings = settings_from_args(args)
+    preflight(settings)  # unknown model, missing weights file, precision without an engine: one line, no port bound
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        access_log=args.log_level == "debug",
+    )
+    return 0

@@ -1,0 +1,68 @@
+"""Shared resources for the routes (settings, the detection service, metrics) and the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+
+from .errors import ApiError
+from .inference import DetectionService
+from .metrics import ServiceMetrics
+from .settings import ServeSettings
+
+__all__ = [
+    "MetricsDep",
+    "ServiceDep",
+    "SettingsDep",
+    "get_metrics",
+    "get_service",
+    "get_settings",
+    "require_api_key",
+]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when the server has API keys")
+
+
+def get_settings(request: Request) -> ServeSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_service(request: Request) -> DetectionService:
+    """The detection service; 503 while the model is loading, warming up or shutting down."""
+    service: DetectionService | None = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        raise ApiError(
+            503,
+            "not_ready",
+            "the model is not loaded yet (or the server is shutting down); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    return service
+
+
+def require_api_key(request: Request, header_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """401 unless the server has no keys or the request carries one of them (compared in constant time)."""
+    settings = get_settings(request)
+    if not settings.auth_enabled:
+        return
+    given = request.headers.get(settings.api_key_header)  # header_key only documents the scheme in OpenAPI
+    if given and any(hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys):
+        return
+    raise ApiError(
+        401,
+        "unauthorized",
+        f"missing or wrong API key: send it in the {settings.api_key_header} header",
+        headers={"WWW-Authenticate": f'ApiKey header="{settings.api_key_header}"'},
+    )
+
+
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+ServiceDep = Annotated[DetectionService, Depends(get_service)]

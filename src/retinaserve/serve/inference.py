@@ -1,0 +1,222 @@
+"""The model behind the service: a narrow detector interface, how one is built from settings, and the batched
+detection service that the routes call (the model code never sees HTTP)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..detection import ImageResult, ResizePolicy
+from ..errors import RetinaServeError
+from .batching import Batcher, BatchStats, QueueFullError
+from .settings import ServeSettings
+
+__all__ = ["DetectOptions", "Detection", "DetectionService", "DetectorLike", "ServeConfigError", "build_detector"]
+
+log = logging.getLogger(__name__)
+
+
+class ServeConfigError(RetinaServeError, ValueError):
+    """Settings the service cannot honour (e.g. a precision this machine cannot run), with what to do instead."""
+
+
+class DetectorLike(Protocol):
+    """What the service needs from a detector: the Detector, or an engine backend with the same ``run``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(
+        self,
+        images: Sequence[Any],
+        *,
+        threshold: float | None = ...,
+        nms_threshold: float | None = ...,
+        resize: ResizePolicy | None = ...,
+        max_faces: int | None = ...,
+    ) -> list[ImageResult]: ...
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request detection options; None means the detector's default. Hashable: requests group by it."""
+
+    threshold: float | None = None
+    nms_threshold: float | None = None
+    resize: ResizePolicy | None = None
+    max_faces: int | None = None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One image's result and the size of the model call it ran in."""
+
+    result: ImageResult
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    image: np.ndarray  # (H, W, 3) uint8 RGB, already decoded and checked
+    options: DetectOptions
+
+
+def build_detector(settings: ServeSettings) -> DetectorLike:
+    """The detector the settings ask for: the reference torch Detector for fp32, an engine backend otherwise.
+
+    Never falls back silently: a precision that needs an engine which is not available is an error.
+    """
+    if settings.precision == "fp32":
+        from ..detection import Detector
+
+        return Detector(settings.model, weights=settings.weights, device=settings.device, batch_size=settings.max_batch)
+    engine_detector = _engine_detector_factory()
+    if engine_detector is None:
+        where = "on CPU " if settings.device == "cpu" else ""
+        raise ServeConfigError(
+            f"precision {settings.precision} {where}needs an engine backend (retinaserve.engine), which this "
+            "installation does not provide; run with --precision fp32"
+        )
+    return engine_detector(settings)
+
+
+def preflight(settings: ServeSettings) -> None:
+    """Cheap checks before a server binds its port (unknown model, missing weights file, a precision without an
+    engine), so that the CLI reports them in one line; loading itself happens in the app's start-up."""
+    from ..registry import get_model_spec
+
+    get_model_spec(settings.model)
+    if settings.weights is not None and not settings.weights.is_file():
+        raise ServeConfigError(f"weights file {settings.weights} for {settings.model} does not exist")
+    if settings.precision == "fp32":
+        return
+    if _engine_detector_factory() is None:
+        raise ServeConfigError(
+            f"precision {settings.precision} needs an engine backend (retinaserve.engine), which this installation "
+            "does not provide; run with --precision fp32"
+        )
+    factory = importlib.import_module("retinaserve.engine.factory")
+    resolve_engine = getattr(factory, "resolve_engine", None)
+    if callable(resolve_engine):  # refuses e.g. fp16 on CPU, with the engine's reason, before any model is loaded
+        resolve_engine(factory.EngineConfig(precision=settings.precision, device=settings.device))
+
+
+def _engine_detector_factory() -> Callable[[ServeSettings], DetectorLike] | None:
+    """A builder of engine-backed detectors when :mod:`retinaserve.engine` provides one, else None."""
+    try:
+        factory = importlib.import_module("retinaserve.engine.factory")
+    except ImportError:
+        return None
+    create_detector = getattr(factory, "create_detector", None)
+    engine_config = getattr(factory, "EngineConfig", None)
+    if create_detector is None or engine_config is None:
+        return None
+
+    def build(settings: ServeSettings) -> DetectorLike:
+        config = engine_config(precision=settings.precision, device=settings.device)
+        detector: DetectorLike = create_detector(
+            settings.model, config, weights=settings.weights, batch_size=settings.max_batch
+        )
+        return detector
+
+    return build
+
+
+class PixelReservation:
+    """A share of the service's in-flight pixel budget, given back when the ``with`` block ends."""
+
+    def __init__(self, service: DetectionService, pixels: int) -> None:
+        self.service = service
+        self.pixels = pixels
+
+    def __enter__(self) -> PixelReservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.service.pixels_in_flight -= self.pixels
+
+
+class DetectionService:
+    """Decoded images in, ImageResults out, through a dynamic batcher in front of one detector."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        detector_factory: Callable[[ServeSettings], DetectorLike] = build_detector,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.detector_factory = detector_factory
+        self._detector: DetectorLike | None = None
+        self.ready = False
+        self.pixels_in_flight = 0
+        self.batcher: Batcher[_Job, Detection] = Batcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            group_key=lambda job: job.options,
+            on_batch=on_batch,
+            name="detect-batcher",
+        )
+
+    @property
+    def detector(self) -> DetectorLike:
+        if self._detector is None:
+            raise RuntimeError("the detection service is not started")
+        return self._detector
+
+    @property
+    def model_name(self) -> str:
+        return self.detector.name
+
+    def _run_batch(self, jobs: list[_Job]) -> list[Detection]:
+        options = jobs[0].options  # the batcher groups by options, so they are equal within a call
+        results = self.detector.run(
+            [job.image for job in jobs],
+            threshold=options.threshold,
+            nms_threshold=options.nms_threshold,
+            resize=options.resize,
+            max_faces=options.max_faces,
+        )
+        return [Detection(result, len(jobs)) for result in results]
+
+    def warm_up(self) -> None:
+        """Run the model once alone and once at full batch, so the first real request pays no start-up cost."""
+        image = np.full((480, 640, 3), 128, dtype=np.uint8)
+        self.detector.run([image])
+        if self.settings.max_batch > 1:
+            self.detector.run([image] * self.settings.max_batch)
+
+    async def start(self) -> None:
+        """Start the batcher, then build (and warm up, if configured) the detector on the batcher's own thread,
+        the one that will run it."""
+        await self.batcher.start()
+        self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
+        if self.settings.warmup:
+            await self.batcher.run_in_worker(self.warm_up)
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop taking work and finish what is queued (graceful shutdown)."""
+        self.ready = False
+        await self.batcher.stop()
+
+    def reserve(self, pixels: int) -> PixelReservation:
+        """Reserve ``pixels`` of the in-flight budget for an image being decoded, queued and run (release it by
+        leaving the returned context); QueueFullError when the budget is spent, so memory stays bounded."""
+        limit = self.settings.max_pixels_in_flight
+        if self.pixels_in_flight + pixels > limit:
+            raise QueueFullError(f"{self.pixels_in_flight} decoded pixels already in flight (limit {limit})")
+        self.pixels_in_flight += pixels
+        return PixelReservation(self, pixels)
+
+    async def detect(self, image: np.ndarray, options: DetectOptions) -> Detection:
+        """One decoded image -> its result, batched with whatever else is waiting."""
+        return await self.batcher.submit(_Job(image, options), timeout_s=self.settings.request_timeout_s)

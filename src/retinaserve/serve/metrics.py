@@ -1,0 +1,125 @@
+"""Prometheus metrics with a registry per app (several apps in one process, e.g. in tests, never collide)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .batching import BatchStats
+
+__all__ = ["MetricsMiddleware", "ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class ServiceMetrics:
+    """The service's counters, histograms and gauges, all in one ``registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, open fds
+        self.requests = Counter(
+            "retinaserve_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "retinaserve_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "retinaserve_batch_size",
+            "Images per model call made by the dynamic batcher.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "retinaserve_batch_queue_wait_seconds",
+            "How long the oldest image of a model call waited in the queue.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "retinaserve_batch_inference_seconds",
+            "Duration of one model call (pre-process, forward, post-process of the whole batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("retinaserve_queue_depth", "Images waiting for the model.", registry=self.registry)
+        self.in_flight = Gauge(
+            "retinaserve_batch_in_flight", "Images in the model call running now.", registry=self.registry
+        )
+        self.rejected = Counter(
+            "retinaserve_rejected_requests",
+            "Requests refused before inference, by reason (queue_full, timeout, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "retinaserve_model_info",
+            "The model being served (value 1).",
+            ["model", "precision"],
+            registry=self.registry,
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.queue_wait.observe(stats.queue_wait_s)
+        self.inference.observe(stats.run_s)
+
+    def track_queue(self, depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        """Read the queue depth and in-flight count at scrape time."""
+        self.queue_depth.set_function(depth)
+        self.in_flight.set_function(in_flight)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route template (not its raw path, so random URLs cannot blow up label
+    cardinality) and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = _route_template(scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(candidate, "path", "other"))
+    return "unmatched"

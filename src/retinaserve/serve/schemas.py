@@ -1,0 +1,74 @@
+"""Response shapes for the OpenAPI docs; the bodies themselves come from ``Face.to_dict`` (the one wire format)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = ["BatchResponse", "DetectResponse", "ErrorResponse", "ModelsResponse"]
+
+
+class LandmarksOut(BaseModel):
+    left_eye: list[float] = Field(description="[x, y] in original-image pixels; the image's left")
+    right_eye: list[float]
+    nose: list[float]
+    mouth_left: list[float]
+    mouth_right: list[float]
+
+
+class FaceOut(BaseModel):
+    box: list[float] = Field(description="[x1, y1, x2, y2] in original-image pixels")
+    score: float
+    landmarks: LandmarksOut | None = Field(None, description="absent when landmarks=false")
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class DetectResponse(BaseModel):
+    faces: list[FaceOut]
+    image: ImageInfo
+    model: str
+    timings_ms: dict[str, float] = Field(description="receive, decode, queue, preprocess, forward, postprocess, total")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. unsupported_media_type, payload_too_large")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None = None
+    faces: list[FaceOut] | None = None
+    image: ImageInfo | None = None
+    timings_ms: dict[str, float] | None = None
+    error: ErrorBody | None = Field(None, description="set instead of faces when this image could not be used")
+    status: int = Field(description="the HTTP status this image would have had on its own")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+    model: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    description: str
+    loaded: bool
+    default_threshold: float
+    default_long_side: int | None
+    params_millions: float | None
+    wider_face_val_ap: dict[str, float | str] | None
+    licence: str
+
+
+class ModelsResponse(BaseModel):
+    loaded: str
+    precision: str
+    models: list[ModelOut]

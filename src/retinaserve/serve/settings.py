@@ -1,0 +1,122 @@
+"""Typed server settings, read once at the edge (CLI flags over ``RETINASERVE_*`` environment variables)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..registry import DEFAULT_MODEL
+
+__all__ = ["PRECISIONS", "ServeSettings"]
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+"""Precisions the ``--precision`` flag accepts; anything but fp32 needs an engine backend."""
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything the HTTP service needs; limits are validated here so a bad value fails at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model: str = DEFAULT_MODEL
+    weights: Path | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_batch: int = 8
+    """Most images per model call; 1 turns dynamic batching off."""
+    max_wait_ms: float = 5.0
+    """How long the first request of a batch waits for company before the batch runs."""
+    max_queue: int = 64
+    """Images waiting for the model; beyond this requests get 429 with Retry-After."""
+    request_timeout_s: float = 30.0
+    """Per-request budget for queueing plus inference; past it the caller gets 504."""
+    max_upload_bytes: int = 10 * _MIB
+    """Largest body of /v1/detect and /v1/beautify, and largest single image in a batch request (413)."""
+    max_batch_upload_bytes: int = 40 * _MIB
+    """Largest body of /v1/detect/batch (413)."""
+    max_images_per_request: int = 16
+    max_pixels: int = 25_000_000
+    """Largest decoded image (width x height), checked from the header before any pixel is decoded (413)."""
+    max_pixels_in_flight: int = 100_000_000
+    """Decoded pixels admitted at once (decoding, queued or running; ~3 bytes each); beyond it requests get 429.
+    Bounds the server's memory whatever the mix of image sizes."""
+    max_input_side: int = 2048
+    """Largest long_side / det_size a client may ask for, so a request cannot make a huge network input."""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """When non-empty, every route but health, the web page and the docs needs one of these in ``api_key_header``."""
+    api_key_header: str = "X-API-Key"
+    warmup: bool = True
+    graceful_shutdown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        positive = {
+            "port": self.port,
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_batch_upload_bytes": self.max_batch_upload_bytes,
+            "max_images_per_request": self.max_images_per_request,
+            "max_pixels": self.max_pixels,
+            "max_pixels_in_flight": self.max_pixels_in_flight,
+            "max_input_side": self.max_input_side,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_pixels_in_flight < self.max_pixels:
+            raise ValueError(
+                f"max_pixels_in_flight ({self.max_pixels_in_flight}) must be >= max_pixels ({self.max_pixels})"
+            )
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if any(not key for key in self.api_keys):
+            raise ValueError("API keys must not be empty strings")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Defaults, then ``RETINASERVE_<FIELD>`` variables (``RETINASERVE_API_KEYS`` comma-separated), then
+        ``overrides`` whose value is not None (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f"RETINASERVE_{f.name.upper()}")
+            if raw is None or (f.name == "weights" and not raw):
+                continue
+            values[f.name] = _parse(f.name, raw, getattr(cls(), f.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "api_keys" in values:
+            values["api_keys"] = tuple(values["api_keys"])
+        return replace(cls(), **values)
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if name == "api_keys":
+            return tuple(key.strip() for key in raw.split(",") if key.strip())
+        if name == "weights":
+            return Path(raw)
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable RETINASERVE_{name.upper()}={raw!r} is not a valid {name}") from None
+    return raw

@@ -1,0 +1,96 @@
+"""Fixtures for the service tests: apps on the real slim weights, a real uvicorn server on a loopback port,
+and small hand-made malformed inputs."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from retinaserve.detection import Detector, ImageResult
+from retinaserve.serve import ServeSettings, create_app
+
+from ..conftest import SIX_PEOPLE, WEIGHTS
+
+MODEL = "ultralight-slim"
+"""Fast, with real weights in ../shared; every service test uses it unless it says otherwise."""
+
+
+def settings(**overrides: Any) -> ServeSettings:
+    """Test settings: the slim model from ../shared, no warm-up (each app would repeat it), then overrides."""
+    base: dict[str, Any] = {"model": MODEL, "weights": WEIGHTS / "slim_Final.pth", "warmup": False}
+    return ServeSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def six_people_bytes(shared: object) -> bytes:
+    return SIX_PEOPLE.read_bytes()
+
+
+@dataclass
+class SlowDetector:
+    """A real detector that takes ``delay_s`` longer per call, to make queues and timeouts observable."""
+
+    inner: Detector
+    delay_s: float
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def run(self, images: Sequence[Any], **options: Any) -> list[ImageResult]:
+        time.sleep(self.delay_s)
+        return self.inner.run(images, **options)
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run ``app`` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL and server."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+@pytest.fixture
+def make_live_server(shared: object) -> Any:
+    return live_server
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares ``width x height`` pixels (a decompression bomb's header) with one row of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\x00" * (width + 1), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def make_app(**overrides: Any) -> FastAPI:
+    return create_app(settings(**overrides))
