@@ -231,6 +231,8 @@ def run_benchmark(config: BenchConfig) -> list[BenchRow]:
                         stages.setdefault(key, []).append(stage_ms)
                         peaks[key] = max(peaks.get(key, float("-inf")), peak)
                         log.info("%s %s b%d %dx%d: p50 %.1f ms", model, variant, batch, width, height, median(times))
+                # drop every reference (the last Detector holds the backend too) before the next memory baseline
+                detector = None  # type: ignore[assignment]
                 del backend
     rows = []
     for (model, width, height, variant, batch), rounds in latencies.items():

@@ -123,7 +123,13 @@ class OnnxRuntimeBackend:
         session_options.graph_optimization_level = levels[self.options.graph_optimization]
         if self.options.intra_op_threads is not None:
             session_options.intra_op_num_threads = self.options.intra_op_threads
-        for key, value in self.options.extra_session_config.items():
+        config = dict(self.options.extra_session_config)
+        if device.type == "cpu":
+            # ORT's workers spin after each run by default and then starve torch's pre- and post-processing on the
+            # same cores: measured on 2 cores at 640x640, the whole call went from 27.5 to 19.6 ms (fp32) and from
+            # 23.8 to 16.5 ms (int8) with spinning off.
+            config.setdefault("session.intra_op.allow_spinning", "0")
+        for key, value in config.items():
             session_options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(model_path),
