@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from retinaserve import Detector, ResizePolicy, RetinaServeError, list_models
+from retinaserve.engine.bench import machine_description
 from retinaserve.images import IMAGE_SUFFIXES
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -74,7 +59,8 @@ def main() -> None:
         row["images_per_s"] = 1e3 / row["p50_ms"]
         rows.append(row)
 
-    print(f"machine: {machine()}; long side {args.long_side}; {len(paths)} photos x {args.repeats} repeats; medians")
+    print(f"machine: {machine_description()}")
+    print(f"long side {args.long_side}; {len(paths)} photos x {args.repeats} repeats; medians in ms")
     stage_names = ("decode", "copy", "preprocess", "forward", "postprocess")
     print(" | ".join(["model", *stage_names, "p50 total", "p90 total", "img/s"]))
     for r in rows:
@@ -83,7 +69,7 @@ def main() -> None:
         print(" | ".join(cells))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine_description(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

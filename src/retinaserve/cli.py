@@ -17,7 +17,8 @@ from .images import IMAGE_SUFFIXES
 log = logging.getLogger("retinaserve")
 
 
-def _det_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` such as ``640x480`` -> (width, height), for argparse."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--max-faces", type=int, help="keep at most this many faces per image")
     size = detect.add_mutually_exclusive_group()
     size.add_argument("--long-side", type=int, help="scale so that the long side is N pixels")
-    size.add_argument("--det-size", type=_det_size, help="letterbox into a fixed WxH input, e.g. 640x640")
+    size.add_argument("--det-size", type=parse_size, help="letterbox into a fixed WxH input, e.g. 640x640")
     size.add_argument("--original", action="store_true", help="run at the original image size")
     detect.add_argument("--json", type=Path, help="write {image path: [faces]} to this file")
     detect.add_argument("--draw", type=Path, help="write images with boxes, scores and landmarks to this folder")

@@ -11,17 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import parse_size
+
 __all__ = ["add_bench_parser", "add_plan_parser", "cmd_bench", "cmd_plan"]
 
 _DEFAULT_PHOTOS = "../shared/images"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 640x640, got {text!r}") from None
-    return width, height
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -48,7 +42,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="backend/precision pairs, e.g. torch/fp32 onnx/int8 (default: all this device runs)",
     )
     bench.add_argument("--batch-sizes", type=_ints, default=(1, 2, 4, 8), help="comma-separated (default 1,2,4,8)")
-    bench.add_argument("--sizes", type=_size, nargs="+", default=[(640, 640)], help="input sizes WxH (default 640x640)")
+    bench.add_argument(
+        "--sizes", type=parse_size, nargs="+", default=[(640, 640)], help="input sizes WxH (default 640x640)"
+    )
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--repeats", type=int, default=10, help="timed calls per configuration and round")
     bench.add_argument("--rounds", type=int, default=3, help="interleaved sweeps over all configurations")
@@ -128,7 +124,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     plan.add_argument("--gpu-mem", help="memory budget such as 16GiB (default: free memory of the device, or RAM)")
     plan.add_argument("--models", nargs="+", help="registered model names (default: all)")
     plan.add_argument("--variants", nargs="+", help="backend/precision pairs (default: torch at each precision)")
-    plan.add_argument("--sizes", type=_size, nargs="+", default=[(640, 640)], help="input sizes WxH")
+    plan.add_argument("--sizes", type=parse_size, nargs="+", default=[(640, 640)], help="input sizes WxH")
     plan.add_argument("--batch", type=int, default=8, help="batch size of one stream (default 8)")
     plan.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CPU plans against RAM)")
     plan.add_argument("--json", type=Path, help="write the footprints to this file")
