@@ -64,8 +64,8 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
         raise InvalidImageError("not an image: the data is in no image format this server can decode") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(f"image refused as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImageError(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # PIL's format plugins raise many types on hostile bytes; all mean a bad image
+        raise InvalidImageError(f"corrupt or truncated image: {exc or type(exc).__name__}") from None
     return _to_rgb(image)
 
 
