@@ -7,13 +7,14 @@ On CPU (Linux), ``peak_rss`` is the process' high-water mark since :func:`reset_
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 from pathlib import Path
 
 import torch
 
-__all__ = ["memory_mb", "process_rss_mb", "reset_peak_memory"]
+__all__ = ["limit_heap_arenas", "memory_mb", "process_rss_mb", "reset_peak_memory", "trim_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +58,33 @@ def memory_mb(device: torch.device) -> dict[str, float]:
             "reserved": torch.cuda.memory_reserved(device) / _MIB,
         }
     return process_rss_mb()
+
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def limit_heap_arenas(count: int = 2) -> bool:
+    """Cap glibc's malloc arenas (one per thread by default), which otherwise keep freed image buffers of every
+    worker thread resident; call before threads start. False where glibc is absent."""
+    libc = _libc()
+    try:
+        return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, count))
+    except AttributeError:
+        return False
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), e.g. after decoding a very large image."""
+    libc = _libc()
+    try:
+        if libc is not None:
+            libc.malloc_trim(0)
+    except AttributeError:
+        pass

@@ -9,7 +9,6 @@ the calls minus the resident size before the backend was built.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
@@ -27,7 +26,7 @@ import torch
 
 from ..detection import Detector, ResizePolicy
 from ..images import load_image
-from ..memory import memory_mb, process_rss_mb, reset_peak_memory
+from ..memory import memory_mb, process_rss_mb, reset_peak_memory, trim_heap
 from ..registry import get_model_spec
 from .errors import EngineError
 from .factory import BackendName, EngineConfig, create_backend, resolve_engine
@@ -138,10 +137,7 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from ..memory import limit_heap_arenas
 from ..registry import DEFAULT_MODEL
 from .settings import PRECISIONS, ServeSettings
 
@@ -88,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     app = create_app(settings)
+    limit_heap_arenas(2)  # before uvicorn and the batcher start their threads
     uvicorn.run(
         app,
         host=settings.host,

@@ -13,12 +13,16 @@ import numpy as np
 
 from ..detection import ImageResult, ResizePolicy
 from ..errors import RetinaServeError
+from ..memory import trim_heap
 from .batching import Batcher, BatchStats, QueueFullError
 from .settings import ServeSettings
 
 __all__ = ["DetectOptions", "Detection", "DetectionService", "DetectorLike", "ServeConfigError", "build_detector"]
 
 log = logging.getLogger(__name__)
+
+_TRIM_AFTER_BYTES = 12_000_000
+"""Decoded pixels in one batch (bytes, ~4 Mpx RGB) above which freed memory is handed back to the OS."""
 
 
 class ServeConfigError(RetinaServeError, ValueError):
@@ -185,6 +189,8 @@ class DetectionService:
             resize=options.resize,
             max_faces=options.max_faces,
         )
+        if sum(job.image.size for job in jobs) > _TRIM_AFTER_BYTES:
+            trim_heap()  # large decoded images would otherwise stay resident after they are freed
         return [Detection(result, len(jobs)) for result in results]
 
     def warm_up(self) -> None:
