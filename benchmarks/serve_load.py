@@ -61,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--model", default=None, help="default: the server's default model")
+    parser.add_argument("--precision", default="fp32", help="the server's --precision (non-fp32 uses the engine)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--json", type=Path)
@@ -80,7 +81,16 @@ def main() -> None:
     rows = []
     for mode, flags in MODES.items():
         model_flags = ["--model", args.model] if args.model else []
-        server_flags = [*flags, *model_flags, "--max-queue", "256", "--log-level", "warning"]
+        server_flags = [
+            *flags,
+            *model_flags,
+            "--precision",
+            args.precision,
+            "--max-queue",
+            "256",
+            "--log-level",
+            "warning",
+        ]
         with running_server(server_flags, log_path=args.log_dir / f"{mode.replace(' ', '_')}.log") as (base, _):
             url = f"{base}/v1/detect"
             run_wrk(url, script, 2, 3)  # warm-up, not reported

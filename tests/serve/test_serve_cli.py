@@ -60,7 +60,12 @@ def test_non_fp32_without_an_engine_is_refused(shared: object, monkeypatch: pyte
     monkeypatch.setattr("retinaserve.serve.inference._engine_detector_factory", lambda: None)
     with pytest.raises(ServeConfigError, match="precision fp16 on CPU needs an engine backend.*--precision fp32"):
         build_detector(settings(precision="fp16"))
-    with pytest.raises(ServeConfigError, match="precision int8 needs an engine backend"):
+    with pytest.raises(ServeConfigError, match="precision bf16 needs an engine backend"):
+        preflight(settings(precision="bf16"))
+
+
+def test_int8_is_refused_before_binding_with_a_way_out(shared: object) -> None:
+    with pytest.raises(ServeConfigError, match="int8 needs calibration photos.*--calibration"):
         preflight(settings(precision="int8"))
 
 

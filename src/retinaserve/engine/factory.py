@@ -90,7 +90,8 @@ class EngineChoice:
 def resolve_engine(
     config: EngineConfig, *, cuda_available: bool | None = None, onnxruntime_installed: bool | None = None
 ) -> EngineChoice:
-    """Resolve ``auto``: on CUDA torch FP16; on CPU ONNX Runtime FP32 when installed (faster here), else torch FP32."""
+    """Resolve ``auto``: on CUDA torch FP16; on CPU ONNX Runtime FP32 when installed (faster here), else torch FP32;
+    a named precision gets the backend that runs it (BF16: torch, INT8: ONNX Runtime)."""
     device_choice = pick_device(config.device, cuda_available=cuda_available)
     device = device_choice.device
     has_ort = (
@@ -99,7 +100,10 @@ def resolve_engine(
     notes = [device_choice.reason]
     backend: BackendName
     if config.backend == "auto":
-        backend = "onnx" if device.type == "cpu" and has_ort else "torch"
+        if config.precision in ("bf16", "int8"):  # the one backend that runs each of these
+            backend = "torch" if config.precision == "bf16" else "onnx"
+        else:
+            backend = "onnx" if device.type == "cpu" and has_ort else "torch"
         notes.append(f"backend=auto picked {backend}" + ("" if has_ort else " (onnxruntime is not installed)"))
     else:
         backend = config.backend
