@@ -13,6 +13,7 @@ from typing import Any
 from . import __version__
 from .errors import RetinaServeError
 from .images import IMAGE_SUFFIXES
+from .tables import format_table
 
 log = logging.getLogger("retinaserve")
 
@@ -149,9 +150,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([dict(zip(("name", "params", "wider_ap_e_m_h", "licence", "weights"), r)) for r in rows]))
         return 0
     header = ("model", "params", "WIDER val AP e/m/h", "licence", "weights")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    print(format_table(header, rows))
     return 0
 
 

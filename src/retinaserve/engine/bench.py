@@ -28,6 +28,7 @@ from ..detection import Detector, ResizePolicy
 from ..images import load_image
 from ..memory import memory_mb, process_rss_mb, reset_peak_memory, trim_heap
 from ..registry import get_model_spec
+from ..tables import format_table
 from .errors import EngineError
 from .factory import BackendName, EngineConfig, create_backend, resolve_engine
 from .parity import ParityReport, compare_detections, detect_all, parity_views
@@ -340,8 +341,7 @@ def format_bench_table(rows: Sequence[BenchRow]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *lines])
+    return format_table(header, lines)
 
 
 def machine_description() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 
 from ..detection import Detector, Face
 from ..detection.boxes import box_iou
+from ..tables import format_table
 
 __all__ = [
     "ParityReport",
@@ -176,5 +177,4 @@ def format_parity_table(reports: Sequence[ParityReport]) -> str:
         )
         for r in reports
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows])
+    return format_table(header, rows)

@@ -21,6 +21,7 @@ import torch
 
 from ..memory import memory_mb, process_rss_mb, reset_peak_memory
 from ..registry import get_model_spec
+from ..tables import format_table
 from .bench import _memory_baseline, _release_memory
 from .errors import EngineError
 from .factory import EngineConfig, create_backend, resolve_engine
@@ -197,8 +198,7 @@ def format_plan_table(
         )
         for f in footprints
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows])
+    return format_table(header, rows)
 
 
 def measure_all(
