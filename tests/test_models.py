@@ -58,7 +58,7 @@ def test_missing_or_extra_keys_are_refused(tmp_path: Path) -> None:
         load_network(spec, tmp_path / "extra.pth")
 
 
-@pytest.mark.parametrize("model", list_models())
+@pytest.mark.parametrize("model", list_models("detection"))
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (97, 130), (480, 640)])
 def test_anchor_layout_matches_network_output(model: str, height: int, width: int) -> None:
     spec = get_model_spec(model)
@@ -79,7 +79,7 @@ def test_registry_refuses_unknown_and_duplicate_names() -> None:
         register(get_model_spec("ultralight-slim"))
 
 
-@pytest.mark.parametrize("model", list_models())
+@pytest.mark.parametrize("model", list_models("detection"))
 def test_registry_entries_are_complete(model: str) -> None:
     spec = get_model_spec(model)
     assert spec.weights.licence and spec.weights.source and spec.threshold_evidence

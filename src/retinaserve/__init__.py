@@ -1,6 +1,9 @@
-"""retinaserve: RetinaFace-family face detection with five landmarks, from a laptop CPU to a GPU server."""
+"""retinaserve: RetinaFace-family face detection with five landmarks, and textured 3D faces from one photo,
+from a laptop CPU to a GPU server."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .detection import LANDMARK_NAMES, Detector, Face, ImageResult, Landmarks, ResizePolicy
 from .errors import (
@@ -21,9 +24,11 @@ __all__ = [
     "LANDMARK_NAMES",
     "Detector",
     "Face",
+    "FaceMesh",
     "ImageResult",
     "InvalidImageError",
     "Landmarks",
+    "Reconstructor",
     "ResizePolicy",
     "RetinaServeError",
     "UnknownModelError",
@@ -34,3 +39,12 @@ __all__ = [
     "list_models",
     "load_image",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``Reconstructor`` and ``FaceMesh`` load on first use (they bring OpenCV and the mesh code along)."""
+    if name in ("Reconstructor", "FaceMesh"):
+        from . import reconstruction
+
+        return getattr(reconstruction, name)
+    raise AttributeError(f"module 'retinaserve' has no attribute {name!r}")

@@ -124,42 +124,57 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _provision_status(spec: Any) -> str:
+    """Where a model's weights (and data files) are, or why they cannot be used."""
+    from .weights import load_state_dict, resolve_data_files, resolve_weights
+
+    try:
+        path = resolve_weights(spec).path
+        resolve_data_files(spec)
+    except RetinaServeError:
+        return "not provisioned"
+    try:
+        load_state_dict(spec, path)  # hash and format checks: a wrong file is shown as such
+    except RetinaServeError:
+        return f"unusable file: {path}"
+    return str(path)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import DEFAULT_MODEL, get_model_spec, list_models
-    from .weights import load_state_dict, resolve_weights
+    from .registry import DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL, ModelSpec, get_spec, list_models
 
     rows = []
     for name in list_models():
-        spec = get_model_spec(name)
-        try:
-            path = resolve_weights(spec).path
-        except RetinaServeError:
-            where = "not provisioned"
+        spec = get_spec(name)
+        if isinstance(spec, ModelSpec):
+            acc = spec.accuracy
+            quality = f"WIDER AP {acc.easy:.3f}/{acc.medium:.3f}/{acc.hard:.3f}" if acc else "-"
+            licence = spec.weights.licence
         else:
-            try:
-                load_state_dict(spec, path)  # hash and format checks: a wrong file is shown as such
-                where = str(path)
-            except RetinaServeError:
-                where = f"unusable file: {path}"
-        acc = spec.accuracy
-        ap = f"{acc.easy:.3f}/{acc.medium:.3f}/{acc.hard:.3f}" if acc else "-"
-        default = " (default)" if name == DEFAULT_MODEL else ""
-        licence = spec.weights.licence if args.json else spec.weights.licence.split(" (")[0]
-        rows.append((name + default, f"{spec.params_millions or 0:.2f}M", ap, licence, where))
+            quality = f"{spec.vertices} vertices, {spec.triangles} triangles"
+            licence = spec.licence_note
+        if not args.json and "academic use only" not in licence:
+            licence = licence.split(" (")[0]
+        elif not args.json:
+            licence = "ACADEMIC USE ONLY (Basel Face Model data); weights MIT"
+        default = " (default)" if name in (DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL) else ""
+        params = f"{spec.params_millions:.2f}M" if spec.params_millions else "-"
+        rows.append((name + default, spec.task, params, quality, licence, _provision_status(spec)))
     if args.json:
-        print(json.dumps([dict(zip(("name", "params", "wider_ap_e_m_h", "licence", "weights"), r)) for r in rows]))
+        keys = ("name", "task", "params", "quality", "licence", "weights")
+        print(json.dumps([dict(zip(keys, r)) for r in rows]))
         return 0
-    header = ("model", "params", "WIDER val AP e/m/h", "licence", "weights")
+    header = ("model", "task", "params", "accuracy / mesh", "licence", "weights")
     print(format_table(header, rows))
     return 0
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from .registry import DEFAULT_MODEL, get_model_spec
+    from .registry import DEFAULT_MODEL, get_spec
     from .weights import fetch_weights
 
     for name in args.models or [DEFAULT_MODEL]:
-        path = fetch_weights(get_model_spec(name), progress=not args.quiet)
+        path = fetch_weights(get_spec(name), progress=not args.quiet)
         print(f"{name}: {path}")
     return 0
 
@@ -167,7 +182,9 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .registry import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="retinaserve", description="Face detection with five landmarks.")
+    parser = argparse.ArgumentParser(
+        prog="retinaserve", description="Face detection with five landmarks, and textured 3D faces from photos."
+    )
     parser.add_argument("--version", action="version", version=f"retinaserve {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and from where")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_plan_parser(sub)
+
+    from .reconstruction.cli import add_reconstruct_parser
+
+    add_reconstruct_parser(sub)
 
     from .serve.cli import add_serve_parser
 

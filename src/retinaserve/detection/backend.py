@@ -69,8 +69,7 @@ class NetworkBackend:
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> HeadOutputs:
-        loc, cls, ldm = self.network(batch)
-        return loc, cls, ldm
+        return self.network(batch)  # type: ignore[no-any-return]  # (loc, cls, ldm) for detectors
 
     def release(self, outputs: HeadOutputs) -> None:
         pass

@@ -156,7 +156,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         variants = [("torch", "fp32"), ("torch", "fp16")]
     else:
         variants = [("torch", "fp32"), ("onnx", "fp32")] + ([("torch", "bf16")] if cpu_has_native_bf16() else [])
-    footprints = measure_all(args.models or list_models(), variants, args.sizes, device=str(device))
+    footprints = measure_all(args.models or list_models("detection"), variants, args.sizes, device=str(device))
     where = "GPU memory" if device.type == "cuda" else "RAM (CPU plan)"
     print(f"budget {budget_mb:.0f} MiB of {where} on {device}; 10 % headroom; streams share one copy of the weights")
     print(format_plan_table(footprints, budget_mb, batch=args.batch))

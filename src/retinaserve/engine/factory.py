@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -20,13 +20,15 @@ from torch import nn
 from ..detection import Detector, ResizePolicy
 from ..detection.backend import Backend, NetworkBackend
 from ..images import load_image
-from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
+from ..registry import DEFAULT_MODEL, AnySpec, ModelSpec, get_model_spec
 from ..weights import load_network, resolve_weights, sha256_file
 from .errors import PrecisionNotSupportedError
 from .onnx_models import (
     DEFAULT_OPSET,
+    DETECTOR_SIGNATURE,
     Exporter,
     Int8Options,
+    OnnxSignature,
     PhotoCalibrationReader,
     convert_fp16,
     export_onnx,
@@ -35,7 +37,7 @@ from .onnx_models import (
     quantize_int8,
     verify_onnx,
 )
-from .ort_backend import OnnxRuntimeBackend, OrtOptions
+from .ort_backend import OnnxRuntimeBackend, OrtOptions, OutputShapes, detector_output_shapes
 from .precision import Precision, check_precision, cpu_has_native_bf16, parse_precision, pick_device
 from .torch_backend import Compile, TorchBackend, TorchOptions
 
@@ -45,6 +47,7 @@ __all__ = [
     "EngineConfig",
     "create_backend",
     "create_detector",
+    "create_network_backend",
     "onnx_model_path",
     "photos_in",
     "resolve_engine",
@@ -121,9 +124,7 @@ def resolve_engine(
     return choice
 
 
-def _network(
-    spec: ModelSpec, config: EngineConfig, weights: str | Path | None, download: bool
-) -> tuple[nn.Module, str]:
+def _network(spec: AnySpec, config: EngineConfig, weights: str | Path | None, download: bool) -> tuple[nn.Module, str]:
     """The FP32 CPU network and an id of its weights (sha256, or ``random-seed0``)."""
     if config.random_weights:
         torch.manual_seed(0)
@@ -148,15 +149,26 @@ def _calibration_reader(spec: ModelSpec, network: nn.Module, config: EngineConfi
     return PhotoCalibrationReader(photos, preprocess)
 
 
+CalibrationFactory = Callable[[nn.Module], PhotoCalibrationReader]
+"""FP32 network -> a reader of pre-processed real inputs for INT8 calibration (built only when quantising)."""
+
+
 def onnx_model_path(
-    spec: ModelSpec, network: nn.Module, weights_id: str, precision: Precision, config: EngineConfig
+    spec: AnySpec,
+    network: nn.Module,
+    weights_id: str,
+    precision: Precision,
+    config: EngineConfig,
+    *,
+    signature: OnnxSignature = DETECTOR_SIGNATURE,
+    calibration: CalibrationFactory | None = None,
 ) -> Path:
     """The cached ONNX file for this model variant, exporting, verifying, converting or quantising it if needed."""
     key: dict[str, Any] = {"opset": config.opset, "exporter": config.exporter}
     fp32 = onnx_cache_path(spec.name, weights_id, "fp32", **key)
     if not fp32.is_file():
-        export_onnx(network, fp32, opset=config.opset, exporter=config.exporter)
-        worst = verify_onnx(network, fp32)
+        export_onnx(network, fp32, signature=signature, opset=config.opset, exporter=config.exporter)
+        worst = verify_onnx(network, fp32, signature=signature)
         log.info("ONNX export of %s verified: max abs diff %.2e vs torch", spec.name, worst)
     if precision == "fp32":
         return fp32
@@ -168,7 +180,12 @@ def onnx_model_path(
         int8 = onnx_cache_path(spec.name, weights_id, "int8", extra=f"{config.int8.tag()}-cal{photos_id}", **key)
         if int8.is_file():
             return int8
-        return quantize_int8(fp32, int8, _calibration_reader(spec, network, config), config.int8)
+        if calibration is None:
+            assert isinstance(spec, ModelSpec)
+            reader = _calibration_reader(spec, network, config)
+        else:
+            reader = calibration(network)
+        return quantize_int8(fp32, int8, reader, config.int8)
     raise PrecisionNotSupportedError(f"the onnx backend runs fp32, fp16 or int8, not {precision}")
 
 
@@ -180,8 +197,25 @@ def create_backend(
     download: bool = False,
 ) -> Backend:
     """A backend running ``model`` as ``config`` says (``auto`` resolved and logged by :func:`resolve_engine`)."""
-    config = config or EngineConfig()
     spec = get_model_spec(model)
+    return create_network_backend(
+        spec, config, weights=weights, download=download, output_shapes=detector_output_shapes(spec.anchors)
+    )
+
+
+def create_network_backend(
+    spec: AnySpec,
+    config: EngineConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    download: bool = False,
+    output_shapes: OutputShapes,
+    signature: OnnxSignature = DETECTOR_SIGNATURE,
+    calibration: CalibrationFactory | None = None,
+) -> Backend:
+    """A backend running any registered network (detector or mesh regressor) as ``config`` says; ONNX Runtime
+    needs the network's ``signature`` and ``output_shapes``, INT8 a ``calibration`` reader of real inputs."""
+    config = config or EngineConfig()
     choice = resolve_engine(config)
     network, weights_id = _network(spec, config, weights, download)
     if choice.backend == "torch-baseline":
@@ -191,11 +225,13 @@ def create_backend(
         if choice.device.type == "cpu" and choice.precision == "bf16":
             log.info("bf16 on CPU: allowed because this CPU has native BF16 units (%s)", cpu_has_native_bf16())
         return TorchBackend(network, choice.device, options)
-    path = onnx_model_path(spec, network, weights_id, choice.precision, config)
+    path = onnx_model_path(
+        spec, network, weights_id, choice.precision, config, signature=signature, calibration=calibration
+    )
     ort_options = config.ort
     if choice.precision == "fp16" and not ort_options.trt_fp16:
         ort_options = OrtOptions(**{**ort_options.__dict__, "trt_fp16": True})
-    return OnnxRuntimeBackend(path, choice.device, spec.anchors, variant=choice.precision, options=ort_options)  # type: ignore[arg-type]
+    return OnnxRuntimeBackend(path, choice.device, output_shapes, variant=choice.precision, options=ort_options)  # type: ignore[arg-type]
 
 
 def create_detector(

@@ -24,14 +24,17 @@ from ..weights import cache_dir
 from .errors import BackendUnavailableError, ExportError
 
 __all__ = [
+    "DETECTOR_SIGNATURE",
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "Exporter",
     "Int8Options",
+    "OnnxSignature",
     "OnnxVariant",
     "PhotoCalibrationReader",
     "calibration_samples",
     "convert_fp16",
+    "crop_network_signature",
     "export_onnx",
     "file_digest",
     "leading_nodes",
@@ -47,6 +50,44 @@ OUTPUT_NAMES = ("loc", "cls", "ldm")
 Exporter = Literal["torchscript", "dynamo"]
 OnnxVariant = Literal["fp32", "fp16", "int8"]
 DEFAULT_OPSET = 17
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """A network's ONNX interface: output names, which axes are dynamic, and the inputs it is verified on."""
+
+    output_names: tuple[str, ...]
+    output_axes: tuple[dict[int, str], ...]
+    """Per output, its dynamic axes (index -> name)."""
+    sample_size: tuple[int, int]
+    """(W, H) of the export sample."""
+    dynamic_spatial: bool
+    """Whether H and W are dynamic (detectors) or fixed at ``sample_size`` (mesh networks on square crops)."""
+    verify_shapes: tuple[tuple[int, int, int, int], ...]
+    input_spread: float
+    """Standard deviation of the random verification inputs, the spread of real normalised pixels."""
+
+
+DETECTOR_SIGNATURE = OnnxSignature(
+    output_names=OUTPUT_NAMES,
+    output_axes=({0: "batch", 1: "anchors"},) * 3,
+    sample_size=(640, 640),
+    dynamic_spatial=True,
+    verify_shapes=((1, 3, 640, 640), (2, 3, 480, 640)),
+    input_spread=60.0,
+)
+
+
+def crop_network_signature(outputs: tuple[str, ...], size: int, spread: float = 1.0) -> OnnxSignature:
+    """The signature of a network on fixed ``size`` x ``size`` crops with ``outputs`` (batch axis dynamic)."""
+    return OnnxSignature(
+        output_names=outputs,
+        output_axes=({0: "batch"},) * len(outputs),
+        sample_size=(size, size),
+        dynamic_spatial=False,
+        verify_shapes=((1, 3, size, size), (3, 3, size, size)),
+        input_spread=spread,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,23 +146,26 @@ def export_onnx(
     network: nn.Module,
     path: Path,
     *,
-    sample_size: tuple[int, int] = (640, 640),
+    signature: OnnxSignature = DETECTOR_SIGNATURE,
     opset: int = DEFAULT_OPSET,
     exporter: Exporter = "torchscript",
 ) -> Path:
-    """Export ``network`` (FP32, CPU) to ``path`` with dynamic batch, height and width; returns ``path``."""
+    """Export ``network`` (FP32, CPU) to ``path`` with a dynamic batch (and height and width where the signature
+    says so); returns ``path``."""
     _require_onnx()
     import onnx
 
     network = network.float().cpu().eval()
-    sample = torch.zeros(1, 3, sample_size[1], sample_size[0])
+    output_names = list(signature.output_names)
+    sample = torch.zeros(1, 3, signature.sample_size[1], signature.sample_size[0])
     tmp = _atomic_target(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             if exporter == "torchscript":
-                axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-                axes |= {name: {0: "batch", 1: "anchors"} for name in OUTPUT_NAMES}
+                input_axes = {0: "batch", 2: "height", 3: "width"} if signature.dynamic_spatial else {0: "batch"}
+                axes = {INPUT_NAME: input_axes}
+                axes |= dict(zip(output_names, signature.output_axes))
                 torch.onnx.export(
                     network,
                     (sample,),
@@ -129,21 +173,22 @@ def export_onnx(
                     dynamo=False,
                     opset_version=opset,
                     input_names=[INPUT_NAME],
-                    output_names=list(OUTPUT_NAMES),
+                    output_names=output_names,
                     dynamic_axes=axes,
                     do_constant_folding=True,
                 )
             else:
                 batch = torch.export.Dim("batch", min=1, max=256)
                 rows, cols = torch.export.Dim("rows", min=1, max=256), torch.export.Dim("cols", min=1, max=256)
+                shapes = {0: batch, 2: 32 * rows, 3: 32 * cols} if signature.dynamic_spatial else {0: batch}
                 program = torch.onnx.export(
                     network,
                     (sample,),
                     dynamo=True,
                     opset_version=opset,
                     input_names=[INPUT_NAME],
-                    output_names=list(OUTPUT_NAMES),
-                    dynamic_shapes={"x": {0: batch, 2: 32 * rows, 3: 32 * cols}},
+                    output_names=output_names,
+                    dynamic_shapes={"x": shapes},
                 )
                 assert program is not None
                 program.save(str(tmp), external_data=False)
@@ -160,23 +205,27 @@ def export_onnx(
 def verify_onnx(
     network: nn.Module,
     path: Path,
-    shapes: Sequence[tuple[int, int, int, int]] = ((1, 3, 640, 640), (2, 3, 480, 640)),
+    shapes: Sequence[tuple[int, int, int, int]] | None = None,
     *,
+    signature: OnnxSignature = DETECTOR_SIGNATURE,
     atol: float = 1e-3,
 ) -> float:
-    """Max abs difference of raw outputs between torch and ONNX Runtime (CPU) over ``shapes``; raises above ``atol``."""
+    """Max abs difference of raw outputs between torch and ONNX Runtime (CPU) over ``shapes`` (default: the
+    signature's); raises above ``atol``."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     network = network.float().cpu().eval()
-    for shape in shapes:
-        x = torch.randn(*shape, generator=generator) * 60.0  # the spread of mean-subtracted pixels
+    names = list(signature.output_names)
+    for shape in shapes or signature.verify_shapes:
+        x = torch.randn(*shape, generator=generator) * signature.input_spread
         with torch.inference_mode():
-            expected = [t.numpy() for t in network(x)]
-        actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
-        for name, ref, got in zip(OUTPUT_NAMES, expected, actual):
+            raw = network(x)
+            expected = [t.numpy() for t in (raw if isinstance(raw, tuple) else (raw,))]
+        actual = session.run(names, {INPUT_NAME: x.numpy()})
+        for name, ref, got in zip(names, expected, actual):
             if ref.shape != got.shape:
                 raise ExportError(f"{path}: output {name} has shape {got.shape} for input {shape}, torch {ref.shape}")
             worst = max(worst, float(np.abs(ref - got).max()))
@@ -227,6 +276,14 @@ class PhotoCalibrationReader:
     def __init__(self, photos: Sequence[np.ndarray], preprocess: Preprocess) -> None:
         self._samples = [preprocess(view)[None] for view in calibration_samples(photos)]
         self._next = iter(self._samples)
+
+    @classmethod
+    def from_inputs(cls, inputs: Sequence[np.ndarray]) -> PhotoCalibrationReader:
+        """A reader over ready network inputs (3, H, W) float32, e.g. face crops for a mesh network."""
+        reader = cls([], lambda view: view)
+        reader._samples = [np.ascontiguousarray(x, dtype=np.float32)[None] for x in inputs]
+        reader._next = iter(reader._samples)
+        return reader
 
     def __len__(self) -> int:
         return len(self._samples)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,15 @@ from .buffers import BufferPool, PinnedUploader
 from .errors import BackendUnavailableError
 from .onnx_models import INPUT_NAME, OUTPUT_NAMES, OnnxVariant
 
-__all__ = ["PROVIDER_PREFERENCE", "OnnxRuntimeBackend", "OrtOptions", "anchor_count", "select_providers"]
+__all__ = [
+    "PROVIDER_PREFERENCE",
+    "OnnxRuntimeBackend",
+    "OrtOptions",
+    "OutputShapes",
+    "anchor_count",
+    "detector_output_shapes",
+    "select_providers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,21 @@ def anchor_count(anchors: AnchorSpec, height: int, width: int) -> int:
         math.ceil(height / step) * math.ceil(width / step) * len(sizes)
         for sizes, step in zip(anchors.min_sizes, anchors.steps)
     )
+
+
+OutputShapes = Callable[[Sequence[int]], dict[str, tuple[int, ...]]]
+"""(N, 3, H, W) input shape -> the shape of every output, by output name, in the graph's output order."""
+
+
+def detector_output_shapes(anchors: AnchorSpec) -> OutputShapes:
+    """A detector's outputs: loc (N, A, 4), cls (N, A, 2), ldm (N, A, 10) for A anchors of the input size."""
+
+    def shapes(batch_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        n, _, h, w = batch_shape
+        count = anchor_count(anchors, h, w)
+        return {name: (n, count, _OUTPUT_WIDTHS[name]) for name in OUTPUT_NAMES}
+
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,7 @@ class OnnxRuntimeBackend:
         self,
         model_path: Path,
         device: torch.device,
-        anchors: AnchorSpec,
+        outputs: AnchorSpec | OutputShapes,
         *,
         variant: OnnxVariant = "fp32",
         options: OrtOptions | None = None,
@@ -110,7 +133,8 @@ class OnnxRuntimeBackend:
         self.variant = variant
         self.model_path = model_path
         self._device = device
-        self._anchors = anchors
+        self._output_shapes = detector_output_shapes(outputs) if isinstance(outputs, AnchorSpec) else outputs
+        """Detectors pass their anchors; other networks (mesh regressors) a function giving their output shapes."""
         available = list(ort.get_available_providers() if available_providers is None else available_providers)
         self.providers = select_providers(available, device)
         session_options = ort.SessionOptions()
@@ -154,11 +178,9 @@ class OnnxRuntimeBackend:
     def upload(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.uploader.upload(pixels)
 
-    def output_shapes(self, batch_shape: Sequence[int]) -> dict[str, tuple[int, int, int]]:
-        """Shapes of the three outputs for an (N, 3, H, W) input."""
-        n, _, h, w = batch_shape
-        count = anchor_count(self._anchors, h, w)
-        return {name: (n, count, _OUTPUT_WIDTHS[name]) for name in OUTPUT_NAMES}
+    def output_shapes(self, batch_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Shapes of the outputs for an (N, 3, H, W) input."""
+        return self._output_shapes(batch_shape)
 
     def forward(self, batch: torch.Tensor) -> HeadOutputs:
         """Bind the FP32 batch and pooled FP32 outputs on the device, run, and hand the outputs over."""
@@ -175,8 +197,7 @@ class OnnxRuntimeBackend:
             binding.bind_output(name, device_type, index, np.float32, list(shape), out.data_ptr())
             outputs.append(out)
         self.session.run_with_iobinding(binding)
-        loc, cls, ldm = outputs
-        return loc, cls, ldm
+        return tuple(outputs)  # type: ignore[return-value]  # (loc, cls, ldm) for detectors
 
     def release(self, outputs: HeadOutputs) -> None:
         for tensor in outputs:

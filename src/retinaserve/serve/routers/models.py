@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 @router.get("/models", summary="Registered models and the one being served", response_model=ModelsResponse)
 async def models(service: ServiceDep, settings: SettingsDep) -> dict[str, object]:
     out = []
-    for name in list_models():
+    for name in list_models("detection"):  # the server serves detectors (3D reconstruction is not served yet)
         spec = get_model_spec(name)
         acc = spec.accuracy
         out.append(
