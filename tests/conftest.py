@@ -38,7 +38,10 @@ BFM_BASES = _user_cache() / "3ddfa-v2-mb05"
 HAVE_BFM_BASES = (BFM_BASES / "w_shp_sim.npy").is_file()
 RECONSTRUCTION_MODELS = ("facemesh-468", "3ddfa-v2-mb05") if HAVE_BFM_BASES else ("facemesh-468",)
 """Reconstruction models whose weights and mesh data the tests can load."""
-WEIGHT_DIRS = os.pathsep.join(str(d) for d in (WEIGHTS, WEIGHTS_3D, *([BFM_BASES] if HAVE_BFM_BASES else [])))
+WEIGHT_DIRS = os.pathsep.join(str(d) for d in (WEIGHTS, WEIGHTS_3D, _user_cache()))
+"""What the tests resolve weights from: ../shared and the files `make weights` provisioned into the user's cache
+(the default detector's conversion, the Basel bases), read there as from $RETINASERVE_WEIGHTS_DIR: nothing is
+downloaded by the tests themselves."""
 
 
 @pytest.fixture(scope="session")

