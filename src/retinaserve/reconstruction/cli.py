@@ -110,12 +110,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 mesh.save(target)
                 files[fmt] = str(target)
             entries.append(mesh.to_dict(files=files))
+        export_ms = (time.perf_counter() - t0) * 1e3
+        preview = ""
         if args.preview and result.meshes:
             from .render import preview_sheet
 
+            t0 = time.perf_counter()
             sheet = preview_sheet(image, [(m.vertices, m.triangles, m.texture) for m in result.meshes])
             sheet.save(args.out / f"{path.stem}_preview.png")
-        export_ms = (time.perf_counter() - t0) * 1e3
+            preview = f", preview {(time.perf_counter() - t0) * 1e3:.0f} ms"
         results[str(path)] = entries
         if not result.meshes:
             without_faces += 1
@@ -125,7 +128,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             note = "" if result.meshes else " (no face found)"
             for skip in result.skipped:
                 note += f"; skipped a face: {skip.reason}"
-            tqdm.write(f"{path}: {len(result.meshes)} meshes{note} ({stages}, export {export_ms:.0f} ms)")
+            formats = "+".join(args.format)
+            tqdm.write(
+                f"{path}: {len(result.meshes)} meshes{note} ({stages}, export {formats} {export_ms:.0f} ms{preview})"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

@@ -93,7 +93,7 @@ def rotated_crop(image: np.ndarray, face: Face, size: int, scale: float) -> tupl
 class FaceMeshDecoder:
     """Pre- and post-processing of ``facemesh-468``: crop rule, network input, vertices and pose."""
 
-    outputs = (("landmarks", 1404), ("presence", 1))
+    outputs: tuple[tuple[str, int], ...] = (("landmarks", 1404), ("presence", 1))
 
     def __init__(self, crop: CropSpec, topology: MeshTopology, canonical: np.ndarray) -> None:
         self.spec = crop

@@ -34,7 +34,7 @@ BASES = ("u_shp.npy", "u_exp.npy", "w_shp_sim.npy", "w_exp_sim.npy", "keypoints_
 class TDDFADecoder:
     """Pre- and post-processing of ``3ddfa-v2-mb05``: crop rule, network input, vertices and pose."""
 
-    outputs = (("params", 62),)
+    outputs: tuple[tuple[str, int], ...] = (("params", 62),)
 
     def __init__(self, crop: CropSpec, model: MorphableModel) -> None:
         self.spec = crop
