@@ -19,7 +19,6 @@ from .bfm import (
     basis_tensors,
     crop_roi,
     crop_to_image,
-    denormalise_params,
     load_morphable_model,
     params_to_vertices,
     roi_box_from_bbox,
@@ -38,9 +37,11 @@ class TDDFADecoder:
 
     def __init__(self, crop: CropSpec, model: MorphableModel) -> None:
         self.spec = crop
-        self.model = model
         self.topology = model.topology
         self._bases = basis_tensors(model)
+        # keep the bases once (as tensors): holding the model too would keep a second 23 MB copy alive
+        self._mean = torch.as_tensor(model.param_mean, dtype=torch.float32)
+        self._std = torch.as_tensor(model.param_std, dtype=torch.float32)
 
     @classmethod
     def from_files(cls, crop: CropSpec, files: dict[str, Path]) -> TDDFADecoder:
@@ -66,8 +67,7 @@ class TDDFADecoder:
 
     def decode(self, outputs: tuple[torch.Tensor, ...], crops: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         """(N, 62) raw outputs -> per face (V, 3) float32 image-frame vertices (z centred) and the pose."""
-        raw = outputs[0].float().cpu()
-        params = denormalise_params(self.model, raw)
+        params = outputs[0].float().cpu() * self._std + self._mean  # the network's outputs are normalised
         vertices = crop_to_image(params_to_vertices(self._bases, params), np.stack(crops), zero_min_depth=False)
         vertices[..., 2] -= vertices[..., 2].mean(dim=-1, keepdim=True)
         rotations = torch.nn.functional.normalize(params[:, :12].reshape(-1, 3, 4)[:, :, :3], dim=-1).numpy()
