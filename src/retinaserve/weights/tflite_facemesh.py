@@ -16,11 +16,8 @@ unused is refused with :class:`~retinaserve.errors.WeightsIntegrityError`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import WeightsIntegrityError, WeightsNotFoundError
+from ..errors import WeightsIntegrityError
 from ..models.facemesh import INPUT_SIZE, ConvPReLU, FaceMeshNet, ResidualBlock
-from . import sha256_file
+from .converted import META_FILENAME, MODEL_FILENAME, read_converted, write_converted
 
 __all__ = [
     "CONVERSION_VERSION",
@@ -52,8 +49,6 @@ CONVERSION_VERSION = 1
 """Bumped whenever the converted tensors or ``meta.json`` would change; older caches are then refused."""
 FACE_LANDMARK_SHA256 = "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"
 """sha256 of ``mediapipe/modules/face_landmark/face_landmark.tflite`` in PyPI ``mediapipe==0.10.21``."""
-MODEL_FILENAME = "model.safetensors"
-META_FILENAME = "meta.json"
 OUTPUT_NAMES = ("conv2d_21", "conv2d_31")
 """The graph outputs, in file order: 1404 landmark values, then the face-presence logit."""
 PROVISION_HINT = (
@@ -645,17 +640,6 @@ def convert_facemesh_tflite(data: bytes) -> tuple[dict[str, torch.Tensor], dict[
 # Cache: model.safetensors + meta.json
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be copied and shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_facemesh(
     dest_dir: str | Path,
     state: Mapping[str, torch.Tensor],
@@ -667,50 +651,19 @@ def save_facemesh(
     ``source`` says where the tflite file came from (e.g. wheel name, member path, sha256). Returns the
     safetensors path. Both files are replaced atomically.
     """
-    from safetensors.torch import save
-
-    folder = Path(dest_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path = folder / MODEL_FILENAME
-    tensors = {key: value.contiguous() for key, value in sorted(state.items())}
-    _write_atomically(model_path, save(tensors, metadata={"format": "pt"}))
-    meta = {
-        "model": "mediapipe-face-mesh",
-        "conversion_version": CONVERSION_VERSION,
-        "source": dict(source),
-        "model_file": MODEL_FILENAME,
-        "model_sha256": sha256_file(model_path),
-        "graph": dict(metadata),
-    }
-    _write_atomically(folder / META_FILENAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
-    log.info("wrote %s and %s", model_path, folder / META_FILENAME)
-    return model_path
+    return write_converted(
+        dest_dir,
+        state,
+        model="mediapipe-face-mesh",
+        conversion_version=CONVERSION_VERSION,
+        source=source,
+        details=metadata,
+    )
 
 
 def load_facemesh(dest_dir: str | Path) -> dict[str, torch.Tensor]:
     """Read back the state_dict written by :func:`save_facemesh`, verifying the version and the recorded sha256."""
-    from safetensors.torch import load_file
-
-    folder = Path(dest_dir)
-    meta_path, model_path = folder / META_FILENAME, folder / MODEL_FILENAME
-    if not meta_path.is_file() or not model_path.is_file():
-        raise WeightsNotFoundError(f"no converted face mesh weights in {folder}; {PROVISION_HINT}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsIntegrityError(
-            f"{meta_path} cannot be read ({exc}); delete {folder} and {PROVISION_HINT}"
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("conversion_version") != CONVERSION_VERSION:
-        version = meta.get("conversion_version") if isinstance(meta, dict) else None
-        raise WeightsIntegrityError(
-            f"{folder} holds a face mesh conversion of version {version}, this retinaserve needs version "
-            f"{CONVERSION_VERSION}: convert face_landmark.tflite again"
-        )
-    actual = sha256_file(model_path)
-    if actual != meta.get("model_sha256"):
-        raise WeightsIntegrityError(
-            f"{model_path} has sha256 {actual}, meta.json records {meta.get('model_sha256')}; the cache is "
-            f"damaged: delete {folder} and {PROVISION_HINT}"
-        )
-    return load_file(str(model_path))
+    state, _ = read_converted(
+        dest_dir, model="mediapipe-face-mesh", conversion_version=CONVERSION_VERSION, hint=PROVISION_HINT
+    )
+    return state
