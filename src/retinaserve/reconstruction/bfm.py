@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import RetinaServeError
-from .topology import MeshTopology
+from .topology import MeshTopology, mirror_vertex_map
 
 __all__ = [
     "BASES_WHEEL_MEMBER_DIR",
@@ -180,28 +180,6 @@ def _orient_triangles(triangles: np.ndarray, mean_shape: np.ndarray) -> np.ndarr
     if (area < 0).mean() < 0.5:
         return np.ascontiguousarray(triangles[:, [0, 2, 1]])
     return np.ascontiguousarray(triangles)
-
-
-def mirror_vertex_map(points: np.ndarray, *, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Each vertex's left-right twin: nearest neighbour of its reflection across the plane x = c.
-
-    points: (V, 3), the face roughly symmetric about a plane of constant x (BFM frame). c starts at 0 and is refined
-    as the median midpoint of the matched pairs. Returns (mirror (V,) int32, mismatch (V,) distances in the units
-    of ``points``).
-    """
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(points)
-    centre = 0.0
-    for _ in range(iterations):
-        reflected = points.copy()
-        reflected[:, 0] = 2.0 * centre - reflected[:, 0]
-        mismatch, mirror = tree.query(reflected)
-        updated = float(np.median((points[:, 0] + points[mirror, 0]) / 2.0))
-        if updated == centre:
-            break
-        centre = updated
-    return mirror.astype(np.int32), mismatch
 
 
 def load_morphable_model(

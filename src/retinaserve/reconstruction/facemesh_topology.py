@@ -18,16 +18,15 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from .topology import MeshTopology
+from .render import signed_areas
+from .topology import MeshTopology, mirror_vertex_map
 
 __all__ = [
     "FACEMESH_NUM_TRIANGLES",
     "FACEMESH_NUM_VERTICES",
     "FaceMeshTopologyError",
     "load_facemesh_topology",
-    "mirror_vertices",
     "parse_canonical_mesh",
 ]
 
@@ -65,23 +64,6 @@ def parse_canonical_mesh(pbtxt: Path) -> tuple[np.ndarray, np.ndarray]:
     return values.reshape(FACEMESH_NUM_VERTICES, 5), indices.reshape(FACEMESH_NUM_TRIANGLES, 3).astype(np.int32)
 
 
-def mirror_vertices(vertices: np.ndarray) -> tuple[np.ndarray, float]:
-    """Each vertex's twin across the x = 0 plane of a symmetric model -> ``(mirror (V,) int32, max mismatch)``.
-
-    ``vertices``: (V, 3) in a frame where the symmetry plane is x = 0. The twin is the nearest vertex to the
-    reflected position (scipy cKDTree); the mismatch is the largest such distance, in the vertices' units.
-    """
-    reflected = vertices * np.array([-1.0, 1.0, 1.0])
-    distance, mirror = cKDTree(vertices).query(reflected, k=1)
-    return mirror.astype(np.int32), float(distance.max())
-
-
-def _image_frame_signed_area(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(T,) signed areas of ``triangles`` over ``points`` (V, 2) in image coordinates (x right, y down)."""
-    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
-    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
-
-
 def load_facemesh_topology(pbtxt: Path, landmarks_68: np.ndarray | None = None) -> tuple[MeshTopology, np.ndarray]:
     """Load the Face Mesh topology -> ``(MeshTopology, canonical vertices (468, 3) float32, y up, +z to viewer)``.
 
@@ -103,7 +85,7 @@ def load_facemesh_topology(pbtxt: Path, landmarks_68: np.ndarray | None = None) 
 
     # A frontal face in the image frame is the canonical model with y flipped (z unchanged): front-facing
     # triangles must then have a negative signed area (weighted by area, so slivers on the silhouette don't vote).
-    area = _image_frame_signed_area(canonical[:, :2] * np.array([1.0, -1.0]), triangles)
+    area = signed_areas(canonical[:, :2] * np.array([1.0, -1.0]), triangles)
     front_fraction = float(np.abs(area[area < 0]).sum() / np.abs(area).sum())
     if front_fraction < 0.5:
         triangles = triangles[:, [0, 2, 1]]
@@ -114,8 +96,8 @@ def load_facemesh_topology(pbtxt: Path, landmarks_68: np.ndarray | None = None) 
             f"{pbtxt}: only {front_fraction:.0%} of the projected area faces the viewer; the winding is inconsistent"
         )
 
-    mirror, mismatch = mirror_vertices(canonical)
-    logger.debug("Face Mesh mirror: max mismatch %.4f model units", mismatch)
+    mirror, mismatch = mirror_vertex_map(canonical.astype(np.float64))
+    logger.debug("Face Mesh mirror: max mismatch %.4f model units", mismatch.max())
     topology = MeshTopology(
         triangles=np.ascontiguousarray(triangles, dtype=np.int32),
         uv=uv.astype(np.float32),

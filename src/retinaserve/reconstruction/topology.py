@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MeshTopology"]
+__all__ = ["MeshTopology", "mirror_vertex_map"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,3 +57,25 @@ class MeshTopology:
     @property
     def num_triangles(self) -> int:
         return int(self.triangles.shape[0])
+
+
+def mirror_vertex_map(points: np.ndarray, *, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Each vertex's left-right twin: nearest neighbour of its reflection across the plane x = c.
+
+    points: (V, 3), the face roughly symmetric about a plane of constant x (BFM frame). c starts at 0 and is refined
+    as the median midpoint of the matched pairs. Returns (mirror (V,) int32, mismatch (V,) distances in the units
+    of ``points``).
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points)
+    centre = 0.0
+    for _ in range(iterations):
+        reflected = points.copy()
+        reflected[:, 0] = 2.0 * centre - reflected[:, 0]
+        mismatch, mirror = tree.query(reflected)
+        updated = float(np.median((points[:, 0] + points[mirror, 0]) / 2.0))
+        if updated == centre:
+            break
+        centre = updated
+    return mirror.astype(np.int32), mismatch
