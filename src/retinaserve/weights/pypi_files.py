@@ -53,7 +53,7 @@ def _download_with_pip(wheel: PinnedWheel, folder: Path, timeout: float, progres
         command.append("--quiet")
     try:
         result = subprocess.run(
-            command, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command, stdout=sys.stderr if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             timeout=timeout, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired as exc:
