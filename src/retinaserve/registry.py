@@ -197,8 +197,6 @@ class ReconstructionSpec:
     licence_note: str
     """What the user must know before using the model (the mesh data's licence may differ from the weights')."""
     params_millions: float | None = None
-    accuracy: None = None
-    """No benchmark accuracy is quoted for the mesh models; the tests measure landmark agreement on real photos."""
     task: Task = "reconstruction"
 
 

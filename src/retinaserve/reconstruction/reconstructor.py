@@ -9,6 +9,7 @@ crop rule and decoding live in a small decoder class (:mod:`.facemesh`, :mod:`.t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +28,10 @@ from ..memory import memory_mb, reset_peak_memory
 from ..registry import (
     DEFAULT_MODEL,
     DEFAULT_RECONSTRUCTION_MODEL,
-    CropSpec,
     ReconstructionSpec,
     get_reconstruction_spec,
 )
-from ..weights import load_network, resolve_data_files
+from ..weights import load_network, model_cache_dir, resolve_data_files
 from .pose import Pose
 from .results import FaceMesh, ImageReconstruction, SkippedFace
 from .texture import UVRaster, bake_texture, build_uv_raster
@@ -68,19 +68,20 @@ class MeshDecoder(Protocol):
         ...
 
 
-def _facemesh_decoder(crop: CropSpec, files: dict[str, Path]) -> MeshDecoder:
+def _facemesh_decoder(spec: ReconstructionSpec, files: dict[str, Path]) -> MeshDecoder:
     from .facemesh import FaceMeshDecoder
 
-    return FaceMeshDecoder.from_files(crop, files["geometry_pipeline_metadata_landmarks.pbtxt"])
+    return FaceMeshDecoder.from_files(spec.crop, files["geometry_pipeline_metadata_landmarks.pbtxt"])
 
 
-def _tddfa_decoder(crop: CropSpec, files: dict[str, Path]) -> MeshDecoder:
+def _tddfa_decoder(spec: ReconstructionSpec, files: dict[str, Path]) -> MeshDecoder:
     from .tddfa import TDDFADecoder
 
-    return TDDFADecoder.from_files(crop, files)
+    key = hashlib.sha256("".join(f.sha256 for f in spec.data_files).encode()).hexdigest()[:12]
+    return TDDFADecoder.from_files(spec.crop, files, cache=model_cache_dir(spec) / f"morphable_model-{key}.npz")
 
 
-_DECODERS: dict[str, Callable[[CropSpec, dict[str, Path]], MeshDecoder]] = {
+_DECODERS: dict[str, Callable[[ReconstructionSpec, dict[str, Path]], MeshDecoder]] = {
     "facemesh-rotated": _facemesh_decoder,
     "3ddfa-box": _tddfa_decoder,
 }
@@ -134,7 +135,7 @@ class Reconstructor:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         files = resolve_data_files(self.spec, download=download)
-        self.decoder: MeshDecoder = _DECODERS[self.spec.crop.rule](self.spec.crop, files)
+        self.decoder: MeshDecoder = _DECODERS[self.spec.crop.rule](self.spec, files)
         if backend is not None and engine is not None:
             raise ValueError("give either backend or engine, not both")
         if detector is None or isinstance(detector, str):
