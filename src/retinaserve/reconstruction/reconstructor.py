@@ -22,7 +22,7 @@ import torch
 from ..detection import Detector
 from ..detection.backend import Backend, NetworkBackend
 from ..detection.detector import resolve_device
-from ..detection.results import Face
+from ..detection.results import Face, ImageResult
 from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, load_image
 from ..memory import memory_mb, reset_peak_memory
 from ..registry import (
@@ -37,7 +37,7 @@ from .results import FaceMesh, ImageReconstruction, SkippedFace
 from .texture import UVRaster, bake_texture, build_uv_raster
 from .topology import MeshTopology
 
-__all__ = ["STAGES", "MeshDecoder", "ProgressCallback", "Reconstructor"]
+__all__ = ["STAGES", "FaceDetector", "MeshDecoder", "ProgressCallback", "Reconstructor"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,16 @@ STAGES = ("detect", "crop", "geometry", "texture")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``(stage, done, total)`` when a stage starts (done 0) and as its items finish."""
+
+
+class FaceDetector(Protocol):
+    """What the Reconstructor needs from a detector: the :class:`Detector`, or an engine backend with its ``run``
+    (the service passes the detector it already serves, so no second copy is loaded)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, images: Sequence[Any], *, max_faces: int | None = ...) -> list[ImageResult]: ...
 
 
 class MeshDecoder(Protocol):
@@ -108,7 +118,7 @@ class Reconstructor:
         self,
         model: str = DEFAULT_RECONSTRUCTION_MODEL,
         *,
-        detector: Detector | str | None = None,
+        detector: FaceDetector | str | None = None,
         weights: str | Path | None = None,
         device: str | torch.device | None = None,
         backend: Backend | None = None,
@@ -141,7 +151,7 @@ class Reconstructor:
         if detector is None or isinstance(detector, str):
             detector_device = backend.device if backend is not None else (device or "cpu")
             detector = Detector(detector or DEFAULT_MODEL, device=detector_device)
-        self.detector = detector
+        self.detector: FaceDetector = detector
         if engine is not None:
             backend = self._engine_backend(engine, weights, download)
         elif backend is None:
@@ -202,6 +212,67 @@ class Reconstructor:
             self._rasters[size] = build_uv_raster(self.topology, size)
         return self._rasters[size]
 
+    def select_faces(self, faces: Sequence[Face]) -> tuple[list[Face], list[SkippedFace]]:
+        """Split detections into faces big enough to reconstruct and skipped ones (with the reason)."""
+        kept: list[Face] = []
+        skipped: list[SkippedFace] = []
+        for face in faces:
+            if min(face.width, face.height) < self.min_face_size:
+                reason = (
+                    f"face of {face.width:.0f}x{face.height:.0f} px is under the {self.min_face_size:.0f} px "
+                    "minimum for reconstruction"
+                )
+                skipped.append(SkippedFace(face, reason))
+            else:
+                kept.append(face)
+        return kept, skipped
+
+    def crop(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, Any]:
+        """One face of an (H, W, 3) uint8 RGB image -> its (3, S, S) float32 network input and crop record."""
+        return self.decoder.crop(image, face)
+
+    def infer_geometry(self, crops: Sequence[tuple[np.ndarray, Any]]) -> list[tuple[np.ndarray, dict]]:
+        """One mesh-network call on crops (of any images) -> per face its (V, 3) image-frame vertices and extras.
+
+        List in, list out of the same length: the service's mesh batcher calls this with crops of several requests.
+        """
+        if not crops:
+            return []
+        batch = self.backend.upload(torch.from_numpy(np.stack([c[0] for c in crops])))
+        raw = self.backend.forward(batch)
+        outputs = raw if isinstance(raw, tuple) else (raw,)
+        geometry = self.decoder.decode(outputs, [c[1] for c in crops])
+        self.backend.release(raw)
+        return geometry
+
+    def build_mesh(
+        self,
+        image: np.ndarray,
+        face: Face,
+        vertices: np.ndarray,
+        extras: dict,
+        *,
+        texture_size: int | None = None,
+        texture: bool = True,
+    ) -> FaceMesh:
+        """A face's geometry -> :class:`FaceMesh`, its UV texture baked from ``image`` (blank when not ``texture``)."""
+        size = self.texture_size if texture_size is None else texture_size
+        if texture:
+            tex, mask = bake_texture(image, vertices, self.topology, self.raster(size))
+        else:
+            tex, mask = np.zeros((size, size, 3), np.uint8), np.zeros((size, size), bool)
+        return FaceMesh(
+            model=self.name,
+            vertices=vertices,
+            topology=self.topology,
+            texture=tex,
+            texture_mask=mask,
+            landmarks_68=self.topology.landmark_points(vertices).astype(np.float32),
+            pose=self.decoder.pose(vertices, extras),
+            face=face,
+            extras={k: v for k, v in extras.items() if isinstance(v, float)},
+        )
+
     def __call__(
         self, images: ImageInput | Sequence[ImageInput], **options: Any
     ) -> list[FaceMesh] | list[list[FaceMesh]]:
@@ -233,17 +304,11 @@ class Reconstructor:
         t_detect = time.perf_counter()
 
         faces: list[tuple[int, Face]] = []
-        skipped: list[list[SkippedFace]] = [[] for _ in images]
+        skipped: list[list[SkippedFace]] = []
         for index, result in enumerate(detections):
-            for face in result.faces:
-                if min(face.width, face.height) < self.min_face_size:
-                    reason = (
-                        f"face of {face.width:.0f}x{face.height:.0f} px is under the {self.min_face_size:.0f} px "
-                        "minimum for reconstruction"
-                    )
-                    skipped[index].append(SkippedFace(face, reason))
-                else:
-                    faces.append((index, face))
+            kept, dropped = self.select_faces(result.faces)
+            faces += [(index, face) for face in kept]
+            skipped.append(dropped)
         report("crop", 0, len(faces))
         crops = [self.decoder.crop(decoded[index], face) for index, face in faces]
         t_crop = time.perf_counter()
@@ -251,36 +316,16 @@ class Reconstructor:
         report("geometry", 0, len(faces))
         geometry: list[tuple[np.ndarray, dict]] = []
         for begin in range(0, len(crops), self.batch_size):
-            chunk = crops[begin : begin + self.batch_size]
-            batch = self.backend.upload(torch.from_numpy(np.stack([c[0] for c in chunk])))
-            raw = self.backend.forward(batch)
-            outputs = raw if isinstance(raw, tuple) else (raw,)
-            geometry.extend(self.decoder.decode(outputs, [c[1] for c in chunk]))
-            self.backend.release(raw)
+            geometry += self.infer_geometry(crops[begin : begin + self.batch_size])
             report("geometry", len(geometry), len(faces))
         self.backend.synchronize()
         t_geometry = time.perf_counter()
 
         report("texture", 0, len(faces))
-        raster = self.raster(size) if texture and faces else None
         meshes: list[list[FaceMesh]] = [[] for _ in images]
         for done, ((index, face), (vertices, extras)) in enumerate(zip(faces, geometry), start=1):
-            if raster is not None:
-                tex, mask = bake_texture(decoded[index], vertices, self.topology, raster)
-            else:
-                tex, mask = np.zeros((size, size, 3), np.uint8), np.zeros((size, size), bool)
             meshes[index].append(
-                FaceMesh(
-                    model=self.name,
-                    vertices=vertices,
-                    topology=self.topology,
-                    texture=tex,
-                    texture_mask=mask,
-                    landmarks_68=self.topology.landmark_points(vertices).astype(np.float32),
-                    pose=self.decoder.pose(vertices, extras),
-                    face=face,
-                    extras={k: v for k, v in extras.items() if isinstance(v, float)},
-                )
+                self.build_mesh(decoded[index], face, vertices, extras, texture_size=size, texture=texture)
             )
             report("texture", done, len(faces))
         t_texture = time.perf_counter()

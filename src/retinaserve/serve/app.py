@@ -3,6 +3,7 @@ warmed up in the lifespan, so importing this module or building the app is cheap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,8 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from .errors import install_error_handlers
 from .inference import DetectionService, DetectorLike, build_detector
+from .jobs import JobStore
 from .metrics import MetricsMiddleware, ServiceMetrics
-from .routers import beautify, detect, health, metrics, models
+from .reconstruct import ReconstructionService
+from .routers import beautify, detect, health, jobs, metrics, models, reconstruct
 from .settings import ServeSettings
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -25,7 +28,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-_DESCRIPTION = """Face detection with five landmarks, and landmark-guided skin smoothing.
+_DESCRIPTION = """Face detection with five landmarks, landmark-guided skin smoothing, and textured 3D face meshes
+(at once with POST /v1/reconstruct, or as a job with live progress as server-sent events).
 
 Upload an image as a multipart file or as the raw body. Its type is decided by its content. Errors always have
 the shape `{"error": {"code": ..., "message": ...}}`. When the server runs with API keys, send one in the
@@ -56,10 +60,29 @@ def create_app(
             settings.max_wait_ms,
             settings.max_queue,
         )
+        reconstruction = None
+        if settings.reconstruction_enabled:
+            reconstruction = ReconstructionService(
+                settings,
+                service,
+                on_batch=service_metrics.observe_mesh_batch,
+                on_stage=service_metrics.observe_stage,
+            )
+            service_metrics.track_jobs(reconstruction, app.state.jobs)
+            app.state.reconstruction = reconstruction
+            await reconstruction.start()
+            log.info("serving 3D model %s", reconstruction.model_name)
         try:
             yield
         finally:
             log.info("shutting down: finishing queued work")
+            if reconstruction is not None:
+                reconstruction.ready = False
+                for task in list(app.state.job_tasks):  # jobs are cancelled (their events say so), not awaited
+                    task.cancel()
+                await asyncio.gather(*app.state.job_tasks, return_exceptions=True)
+                await reconstruction.stop()
+                app.state.reconstruction = None
             await service.stop()
             app.state.service = None
 
@@ -67,8 +90,15 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = service_metrics
     app.state.service = None
+    app.state.reconstruction = None
+    app.state.jobs = JobStore(
+        ttl_s=settings.job_result_ttl_s,
+        max_results=settings.max_job_results,
+        max_result_bytes=int(settings.max_job_result_mb * 1024 * 1024),
+    )
+    app.state.job_tasks = set()
     install_error_handlers(app)
-    for module in (health, detect, beautify, models, metrics):
+    for module in (health, detect, beautify, reconstruct, jobs, models, metrics):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

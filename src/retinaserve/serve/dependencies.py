@@ -10,11 +10,16 @@ from fastapi.security import APIKeyHeader
 
 from .errors import ApiError
 from .inference import DetectionService
+from .jobs import JobStore, owner_of
 from .metrics import ServiceMetrics
+from .reconstruct import ReconstructionService
 from .settings import ServeSettings
 
 __all__ = [
+    "JobStoreDep",
     "MetricsDep",
+    "OwnerDep",
+    "ReconstructionDep",
     "ServiceDep",
     "SettingsDep",
     "get_metrics",
@@ -47,6 +52,34 @@ def get_service(request: Request) -> DetectionService:
     return service
 
 
+def get_reconstruction(request: Request) -> ReconstructionService:
+    """The reconstruction service; 404 when the server runs without 3D, 503 while it loads or shuts down."""
+    settings = get_settings(request)
+    if not settings.reconstruction_enabled:
+        raise ApiError(
+            404, "not_enabled", "3D reconstruction is off on this server (it runs with reconstruction_model none)"
+        )
+    service: ReconstructionService | None = getattr(request.app.state, "reconstruction", None)
+    if service is None or not service.ready:
+        raise ApiError(
+            503,
+            "not_ready",
+            "the 3D model is not loaded yet (or the server is shutting down); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    return service
+
+
+def get_job_store(request: Request) -> JobStore:
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
+def get_owner(request: Request) -> str | None:
+    """Who is asking, for job ownership: a digest of their API key (None when the server has no keys)."""
+    settings = get_settings(request)
+    return owner_of(request.headers.get(settings.api_key_header)) if settings.auth_enabled else None
+
+
 def require_api_key(request: Request, header_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
     """401 unless the server has no keys or the request carries one of them (compared in constant time)."""
     settings = get_settings(request)
@@ -66,3 +99,6 @@ def require_api_key(request: Request, header_key: Annotated[str | None, Depends(
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ServiceDep = Annotated[DetectionService, Depends(get_service)]
+ReconstructionDep = Annotated[ReconstructionService, Depends(get_reconstruction)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+OwnerDep = Annotated[str | None, Depends(get_owner)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from starlette.routing import Match
@@ -64,6 +66,37 @@ class ServiceMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.reconstruct_stage = Histogram(
+            "retinaserve_reconstruct_stage_seconds",
+            "Time per stage of a reconstruction (queue, decode, detect, crop, geometry, texture, export), jobs and "
+            "/v1/reconstruct alike.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.mesh_batch_size = Histogram(
+            "retinaserve_mesh_batch_size",
+            "Faces per mesh-network call made by the mesh batcher (faces of concurrent requests share a call).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs = Gauge("retinaserve_jobs", "Jobs the server holds, by state.", ["state"], registry=self.registry)
+        self.job_queue_depth = Gauge(
+            "retinaserve_job_queue_depth",
+            "Reconstructions admitted and waiting for their turn (memory budget or running limit).",
+            registry=self.registry,
+        )
+        self.jobs_running = Gauge(
+            "retinaserve_jobs_running", "Reconstructions past the admission queue.", registry=self.registry
+        )
+        self.job_memory = Gauge(
+            "retinaserve_job_memory_estimate_bytes",
+            "Estimated memory of the running reconstructions (what the admission queue budgets).",
+            registry=self.registry,
+        )
+        self.job_results = Gauge(
+            "retinaserve_job_result_bytes", "Memory held by finished jobs' results.", registry=self.registry
+        )
         self.model_info = Gauge(
             "retinaserve_model_info",
             "The model being served (value 1).",
@@ -75,6 +108,23 @@ class ServiceMetrics:
         self.batch_size.observe(stats.size)
         self.queue_wait.observe(stats.queue_wait_s)
         self.inference.observe(stats.run_s)
+
+    def observe_mesh_batch(self, stats: BatchStats) -> None:
+        self.mesh_batch_size.observe(stats.size)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.reconstruct_stage.labels(stage).observe(seconds)
+
+    def track_jobs(self, service: Any, store: Any) -> None:
+        """Read the job gauges at scrape time from the reconstruction service's admission queue and job store."""
+        from .jobs import JobState
+
+        for state in JobState:
+            self.jobs.labels(state.value).set_function(partial(store.count, state))
+        self.job_queue_depth.set_function(lambda: len(service.admission.waiting))
+        self.jobs_running.set_function(lambda: service.admission.running)
+        self.job_memory.set_function(lambda: service.admission.used_mb * 1024 * 1024)
+        self.job_results.set_function(lambda: store.result_bytes)
 
     def track_queue(self, depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Read the queue depth and in-flight count at scrape time."""

@@ -68,7 +68,22 @@ class ModelOut(BaseModel):
     licence: str
 
 
+class ReconstructionModelOut(BaseModel):
+    name: str
+    description: str
+    loaded: bool
+    vertices: int
+    triangles: int
+    licence: str
+
+
+class ReconstructionModels(BaseModel):
+    loaded: str | None = Field(description="the 3D model being served; null when 3D is off or still loading")
+    models: list[ReconstructionModelOut]
+
+
 class ModelsResponse(BaseModel):
     loaded: str
     precision: str
     models: list[ModelOut]
+    reconstruction: ReconstructionModels

@@ -8,14 +8,18 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..registry import DEFAULT_MODEL
+from ..registry import DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL
 
-__all__ = ["PRECISIONS", "ServeSettings"]
+__all__ = ["PRECISIONS", "TEXTURE_SIZES", "ServeSettings"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 """Precisions the ``--precision`` flag accepts; anything but fp32 needs an engine backend."""
 
+TEXTURE_SIZES = (256, 512, 1024, 2048)
+"""UV texture sizes the service bakes: a fixed set, so the per-size UV raster tables it caches stay bounded."""
+
 _MIB = 1024 * 1024
+_PATHS = ("weights", "reconstruction_weights")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,28 @@ class ServeSettings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """When non-empty, every route but health, the web page and the docs needs one of these in ``api_key_header``."""
     api_key_header: str = "X-API-Key"
+    reconstruction_model: str = DEFAULT_RECONSTRUCTION_MODEL
+    """3D model behind /v1/reconstruct and the reconstruct jobs; "none" serves detection only."""
+    reconstruction_weights: Path | None = None
+    max_reconstruct_faces: int = 16
+    """Most faces reconstructed per request or job (the highest-scoring ones); a request may ask for fewer."""
+    max_texture_size: int = 1024
+    """Largest UV texture a request may ask for (one of TEXTURE_SIZES)."""
+    max_jobs: int = 32
+    """Reconstructions admitted at once (jobs and /v1/reconstruct requests, queued or running); beyond it 429."""
+    job_memory_mb: float = 768.0
+    """Memory the running reconstructions may use together, by the per-job estimate measured in
+    ``serve/jobs.py``; jobs beyond it wait in the queue. This, not a thread count, sizes the concurrency."""
+    max_running_jobs: int = 4
+    """Most reconstructions past the queue at once, whatever their memory estimate (CPU cores are the other limit)."""
+    job_timeout_s: float = 300.0
+    """A job still unfinished after this long (queue included) fails with a timeout."""
+    job_result_ttl_s: float = 600.0
+    """Finished jobs (their meshes) are kept this long, then their URLs answer 404."""
+    max_job_results: int = 64
+    """Most finished jobs kept; the oldest go first."""
+    max_job_result_mb: float = 256.0
+    """Most memory the kept results may hold together; the oldest go first."""
     warmup: bool = True
     graceful_shutdown_s: float = 30.0
 
@@ -67,6 +93,10 @@ class ServeSettings:
             "max_pixels": self.max_pixels,
             "max_pixels_in_flight": self.max_pixels_in_flight,
             "max_input_side": self.max_input_side,
+            "max_reconstruct_faces": self.max_reconstruct_faces,
+            "max_jobs": self.max_jobs,
+            "max_running_jobs": self.max_running_jobs,
+            "max_job_results": self.max_job_results,
         }
         for name, value in positive.items():
             if value < 1:
@@ -79,12 +109,21 @@ class ServeSettings:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_texture_size not in TEXTURE_SIZES:
+            raise ValueError(f"max_texture_size must be one of {TEXTURE_SIZES}, got {self.max_texture_size}")
+        for name in ("job_memory_mb", "job_timeout_s", "job_result_ttl_s", "max_job_result_mb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    @property
+    def reconstruction_enabled(self) -> bool:
+        return self.reconstruction_model.lower() not in ("", "none", "off")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
@@ -94,7 +133,7 @@ class ServeSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f"RETINASERVE_{f.name.upper()}")
-            if raw is None or (f.name == "weights" and not raw):
+            if raw is None or (f.name in _PATHS and not raw):
                 continue
             values[f.name] = _parse(f.name, raw, getattr(cls(), f.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -107,7 +146,7 @@ def _parse(name: str, raw: str, default: object) -> object:
     try:
         if name == "api_keys":
             return tuple(key.strip() for key in raw.split(",") if key.strip())
-        if name == "weights":
+        if name in _PATHS:
             return Path(raw)
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from ...registry import get_model_spec, list_models
+from ...registry import get_model_spec, get_reconstruction_spec, list_models
 from ..dependencies import ServiceDep, SettingsDep, require_api_key
 from ..schemas import ModelsResponse
 
@@ -12,9 +12,9 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 
 @router.get("/models", summary="Registered models and the one being served", response_model=ModelsResponse)
-async def models(service: ServiceDep, settings: SettingsDep) -> dict[str, object]:
+async def models(request: Request, service: ServiceDep, settings: SettingsDep) -> dict[str, object]:
     out = []
-    for name in list_models("detection"):  # the server serves detectors (3D reconstruction is not served yet)
+    for name in list_models("detection"):
         spec = get_model_spec(name)
         acc = spec.accuracy
         out.append(
@@ -33,4 +33,24 @@ async def models(service: ServiceDep, settings: SettingsDep) -> dict[str, object
                 "licence": spec.weights.licence,
             }
         )
-    return {"loaded": service.model_name, "precision": settings.precision, "models": out}
+    reconstruction = getattr(request.app.state, "reconstruction", None)
+    loaded_3d = reconstruction.model_name if reconstruction is not None and reconstruction.ready else None
+    models_3d = []
+    for name in list_models("reconstruction"):
+        spec3d = get_reconstruction_spec(name)
+        models_3d.append(
+            {
+                "name": name,
+                "description": spec3d.description,
+                "loaded": name == loaded_3d,
+                "vertices": spec3d.vertices,
+                "triangles": spec3d.triangles,
+                "licence": spec3d.licence_note,
+            }
+        )
+    return {
+        "loaded": service.model_name,
+        "precision": settings.precision,
+        "models": out,
+        "reconstruction": {"loaded": loaded_3d, "models": models_3d},
+    }
