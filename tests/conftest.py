@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,16 @@ def shared() -> Path:
     if not SIX_PEOPLE.is_file():
         pytest.skip(f"shared test data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for the whole session, so that module-scoped fixtures (apps whose start-up loads the 3D model too)
+    resolve weights as the tests do; pytest builds session fixtures before module ones."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETINASERVE_WEIGHTS_DIR", WEIGHT_DIRS)
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from ..memory import limit_heap_arenas
-from ..registry import DEFAULT_MODEL
+from ..registry import DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL
 from .settings import PRECISIONS, ServeSettings
 
 __all__ = ["add_serve_parser", "cmd_serve", "settings_from_args"]
@@ -19,7 +20,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     serve = subparsers.add_parser(
         "serve",
-        help="run the HTTP service (detect, batch, beautify, web page, metrics)",
+        help="run the HTTP service (detect, batch, beautify, 3D reconstruction and jobs, web page, metrics)",
         description="Unset flags fall back to RETINASERVE_<NAME> environment variables, e.g. RETINASERVE_API_KEYS.",
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
@@ -34,6 +35,15 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout, s (default 30)")
     serve.add_argument("--max-upload-mb", type=float, help="largest upload in MiB (default 10)")
     serve.add_argument("--max-pixels", type=int, help="largest image, width x height (default 25000000)")
+    serve.add_argument(
+        "--reconstruction-model",
+        help=f"3D model for /v1/reconstruct and jobs (default {DEFAULT_RECONSTRUCTION_MODEL}; none: off)",
+    )
+    serve.add_argument("--reconstruction-weights", help="the 3D model's weights file (default: resolved)")
+    serve.add_argument("--max-jobs", type=int, help="reconstructions queued or running before 429 (default 16)")
+    serve.add_argument("--job-memory-mb", type=float, help="memory budget of the running reconstructions (default 768)")
+    serve.add_argument("--max-running-jobs", type=int, help="most reconstructions running at once (default 4)")
+    serve.add_argument("--job-ttl", type=float, dest="job_result_ttl_s", help="seconds finished jobs are kept (600)")
     serve.add_argument("--api-key", action="append", dest="api_keys", help="require this key in X-API-Key (repeatable)")
     serve.add_argument("--no-warmup", action="store_false", dest="warmup", default=None, help="skip the warm-up run")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -59,12 +69,17 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             "max_pixels",
             "api_keys",
             "warmup",
+            "reconstruction_model",
+            "reconstruction_weights",
+            "max_jobs",
+            "job_memory_mb",
+            "max_running_jobs",
+            "job_result_ttl_s",
         )
     }
-    if overrides["weights"] is not None:
-        from pathlib import Path
-
-        overrides["weights"] = Path(overrides["weights"])
+    for name in ("weights", "reconstruction_weights"):
+        if overrides[name] is not None:
+            overrides[name] = Path(overrides[name])
     if getattr(args, "max_upload_mb", None) is not None:
         overrides["max_upload_bytes"] = int(args.max_upload_mb * 1024 * 1024)
     return ServeSettings.from_env(**overrides)

@@ -94,11 +94,16 @@ def build_detector(settings: ServeSettings) -> DetectorLike:
 def preflight(settings: ServeSettings) -> None:
     """Cheap checks before a server binds its port (unknown model, missing weights file, a precision without an
     engine), so that the CLI reports them in one line; loading itself happens in the app's start-up."""
-    from ..registry import get_model_spec
+    from ..registry import get_model_spec, get_reconstruction_spec
 
     get_model_spec(settings.model)
     if settings.weights is not None and not settings.weights.is_file():
         raise ServeConfigError(f"weights file {settings.weights} for {settings.model} does not exist")
+    if settings.reconstruction_enabled:
+        get_reconstruction_spec(settings.reconstruction_model)
+        weights = settings.reconstruction_weights
+        if weights is not None and not weights.is_file():
+            raise ServeConfigError(f"weights file {weights} for {settings.reconstruction_model} does not exist")
     if settings.precision == "fp32":
         return
     if settings.precision == "int8":

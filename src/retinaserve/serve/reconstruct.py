@@ -41,15 +41,17 @@ log = logging.getLogger(__name__)
 Report = Callable[[JobState, int, int], None]
 """``(state, done, total)``: a stage starts (done 0) or items of it finish; called on the event loop."""
 
-_BASE_MB = 24.0
-_MB_PER_MEGAPIXEL = 22.0
-_MB_PER_FACE_AT_512 = 9.0
+_BASE_MB = 170.0
+_MB_PER_MEGAPIXEL = 5.0
+_MB_PER_FACE_AT_512 = 2.0
 
 
 def estimate_job_mb(pixels: int, faces: int, texture_size: int) -> float:
     """Peak memory one reconstruction adds to the server, in MiB, from the image's pixel count, the most faces it
-    may reconstruct and the texture size. The constants are fits to measurements of whole requests on the
-    2-core CI machine (``benchmarks/serve_reconstruct.py --memory``); they bound, they do not predict exactly."""
+    may reconstruct and the texture size: an upper bound of what ``benchmarks/serve_reconstruct.py memory``
+    measured per job with 4 running at once on the 2-core CI machine (110-190 MiB for 0.3-18 Mpx photos with 1-16
+    faces). Most of it is the detector's activations for the job's image in a batched detector call, so the
+    base term dominates; decoded pixels and per-face textures add little."""
     per_face = _MB_PER_FACE_AT_512 * (texture_size / 512) ** 2
     return _BASE_MB + _MB_PER_MEGAPIXEL * pixels / 1e6 + per_face * faces
 

@@ -62,7 +62,7 @@ class ServeSettings:
     """Most faces reconstructed per request or job (the highest-scoring ones); a request may ask for fewer."""
     max_texture_size: int = 1024
     """Largest UV texture a request may ask for (one of TEXTURE_SIZES)."""
-    max_jobs: int = 32
+    max_jobs: int = 16
     """Reconstructions admitted at once (jobs and /v1/reconstruct requests, queued or running); beyond it 429."""
     job_memory_mb: float = 768.0
     """Memory the running reconstructions may use together, by the per-job estimate measured in

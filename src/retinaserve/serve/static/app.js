@@ -93,6 +93,7 @@ function row(cells) {
 
 async function detect(file) {
   currentFile = file;
+  document.dispatchEvent(new CustomEvent("retinaserve:photo", { detail: file }));  // three_d.js enables its button
   showError("");
   $("status").textContent = `Detecting faces in ${file.name}…`;
   $("beauty").hidden = true;
