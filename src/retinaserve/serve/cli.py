@@ -78,8 +78,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         )
     }
     for name in ("weights", "reconstruction_weights"):
-        if overrides[name] is not None:
-            overrides[name] = Path(overrides[name])
+        value = overrides[name]
+        if value is not None:
+            overrides[name] = Path(value)
     if getattr(args, "max_upload_mb", None) is not None:
         overrides["max_upload_bytes"] = int(args.max_upload_mb * 1024 * 1024)
     return ServeSettings.from_env(**overrides)

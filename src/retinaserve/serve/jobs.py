@@ -192,8 +192,10 @@ class Job:
 
     async def follow(self, after: int = -1) -> AsyncIterator[JobEvent]:
         """Every event with an id above ``after``, then new ones as they come, until the terminal one."""
-        next_id = after + 1
+        next_id = max(after + 1, 0)
         while True:
+            if next_id >= len(self.events) and self.finished:
+                return  # e.g. a client resuming after the terminal event: nothing more will come
             waiter = self._changed
             while next_id < len(self.events):
                 event = self.events[next_id]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -133,7 +134,8 @@ async def job_events(
     job: JobDep,
     last_event_id: str | None = Header(None, description="resume after this event id (sent by EventSource)"),
 ) -> AsyncIterator[ServerSentEvent]:
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+    valid = last_event_id is not None and re.fullmatch(r"[0-9]{1,9}", last_event_id.strip()) is not None
+    after = int(last_event_id) if valid and last_event_id is not None else -1  # anything else: from the start
     async for event in job.follow(after):
         yield ServerSentEvent(data=event.to_dict(), event=event.kind, id=str(event.id))
 
