@@ -337,7 +337,16 @@ class Admission:
     running; more get QueueFullError, i.e. 429), and the running ones within ``budget_mb`` of estimated memory
     and ``max_running`` in number. First come, first served: a big job at the head is not overtaken."""
 
-    def __init__(self, *, budget_mb: float, max_running: int, max_outstanding: int) -> None:
+    def __init__(
+        self,
+        *,
+        budget_mb: float,
+        max_running: int,
+        max_outstanding: int,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_idle = on_idle
+        """Called when the last running reconstruction ends and none waits (e.g. to hand freed memory back)."""
         self.budget_mb = budget_mb
         self.max_running = max_running
         self.max_outstanding = max_outstanding
@@ -366,6 +375,8 @@ class Admission:
         self.used_mb -= ticket.cost_mb
         self.outstanding -= 1
         self.wake()
+        if self.running == 0 and not self.waiting and self.on_idle is not None:
+            self.on_idle()
 
     def wake(self) -> None:
         while self.waiting and self.fits(self.waiting[0]):

@@ -10,6 +10,7 @@ get 429, never makes the server run out of memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -142,7 +143,9 @@ class ReconstructionService:
             budget_mb=settings.job_memory_mb,
             max_running=settings.max_running_jobs,
             max_outstanding=settings.max_jobs,
+            on_idle=self._trim,
         )
+        self._last_trim = 0.0
         self.batcher: Batcher[_Crop, tuple[np.ndarray, dict]] = Batcher(
             self._geometry,
             max_batch_size=16,
@@ -162,6 +165,15 @@ class ReconstructionService:
     @property
     def model_name(self) -> str:
         return self.reconstructor.name
+
+    def _trim(self) -> None:
+        """When the last reconstruction ends, hand the memory the burst freed back to the OS (at most every 2 s):
+        without this the process stays at its peak after a load spike (997 vs 772 MiB measured 10 s after one)."""
+        now = time.monotonic()
+        if now - self._last_trim > 2.0:
+            self._last_trim = now
+            with contextlib.suppress(RuntimeError):  # the pool is already shut down: nothing left to trim for
+                asyncio.get_running_loop().run_in_executor(self._workers, trim_heap)
 
     def _geometry(self, crops: list[_Crop]) -> list[tuple[np.ndarray, dict]]:
         return self.reconstructor.infer_geometry([(c.input, c.record) for c in crops])
@@ -275,8 +287,6 @@ class ReconstructionService:
                 report(JobState.EXPORTING, index + 1, len(meshes))
             lap("export", t)
         timings["total"] = round((time.perf_counter() - start) * 1e3, 3)
-        if detection.result.width * detection.result.height > 4_000_000:
-            await run_in_threadpool(trim_heap)  # a big decoded photo would otherwise stay resident after it is freed
         return outcome
 
     async def _reserve_pixels(self, pixels: int) -> Any:
