@@ -144,7 +144,7 @@ RESULT_PARAMS = [
 ]  # fmt: skip
 
 LAST_EVENT_IDS: list[str | bytes] = [
-    "", "-1", "0", "1", "3", "abc", "1.5", " 2", "0x10", "1e9", "9" * 30, "9" * 5000, b"\xb2", b"\xb9\xb2", b"\xff\xfe",
+    "", "-1", "0", "1", "3", "abc", "1.5", "0x10", "1e9", "9" * 30, "9" * 5000, b"\xb2", b"\xb9\xb2", b"\xff\xfe",
 ]  # fmt: skip
 """Last-Event-ID values; bytes go as they are (0xB2, 0xB9: Latin-1 superscript digits, which str.isdigit accepts)."""
 

@@ -134,8 +134,10 @@ async def job_events(
     job: JobDep,
     last_event_id: str | None = Header(None, description="resume after this event id (sent by EventSource)"),
 ) -> AsyncIterator[ServerSentEvent]:
-    valid = last_event_id is not None and re.fullmatch(r"[0-9]{1,9}", last_event_id.strip()) is not None
-    after = int(last_event_id) if valid and last_event_id is not None else -1  # anything else: from the start
+    after = -1  # no id, or one that is not a decimal number: from the start
+    if last_event_id is not None and re.fullmatch(r"[0-9]+", last_event_id.strip()):
+        digits = last_event_id.strip()
+        after = int(digits) if len(digits) <= 9 else 2**31  # beyond any event: only the end, if it is to come
     async for event in job.follow(after):
         yield ServerSentEvent(data=event.to_dict(), event=event.kind, id=str(event.id))
 
