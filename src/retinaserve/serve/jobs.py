@@ -96,14 +96,13 @@ class JobEvent:
 class Job:
     """A unit of long work: its state, its event log (replayed to every listener), its result or error."""
 
-    def __init__(self, kind: str, owner: str | None, *, on_stage: Callable[[str, float], None] | None = None) -> None:
+    def __init__(self, kind: str, owner: str | None) -> None:
         self.id = secrets.token_urlsafe(12)
         self.kind = kind
         self.owner = owner
         self.created = time.time()
         self._start = time.perf_counter()
         self._stage_start = self._start
-        self.on_stage = on_stage
         self.state = JobState.QUEUED
         self.done = 0
         self.total = 0
@@ -177,8 +176,6 @@ class Job:
         now = time.perf_counter()
         seconds = now - self._stage_start
         self.timings_ms[self.state.value] = round(self.timings_ms.get(self.state.value, 0.0) + seconds * 1e3, 3)
-        if self.on_stage is not None:
-            self.on_stage(self.state.value, seconds)
         self._stage_start = now
 
     def _emit(self, kind: str) -> None:
