@@ -3,6 +3,8 @@ and small hand-made malformed inputs."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
 import threading
@@ -11,6 +13,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from fastapi import FastAPI
 
 from retinaserve.detection import Detector, ImageResult
 from retinaserve.serve import ServeSettings, create_app
+from retinaserve.serve.inference import build_detector
 
 from ..conftest import SIX_PEOPLE, WEIGHTS
 
@@ -51,6 +55,48 @@ class SlowDetector:
     def run(self, images: Sequence[Any], **options: Any) -> list[ImageResult]:
         time.sleep(self.delay_s)
         return self.inner.run(images, **options)
+
+
+def slow_app(delay_s: float, **overrides: Any) -> FastAPI:
+    """An app on the test settings whose detector takes ``delay_s`` longer per call (queues become observable)."""
+
+    def factory(s: ServeSettings) -> SlowDetector:
+        detector = build_detector(s)
+        assert isinstance(detector, Detector)
+        return SlowDetector(detector, delay_s)
+
+    return create_app(settings(**overrides), detector_factory=factory)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SCREENSHOTS = Path(
+    os.environ.get("RETINASERVE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "out" / "screenshots")
+)
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
+)
+"""The web page tests drive Debian's chromium + chromium-driver (installed by .ci/run)."""
+
+
+@contextmanager
+def headless_chromium(*flags: str, window: str) -> Iterator[Any]:
+    """A Selenium driver of headless Chromium with ``flags`` besides the common ones, quit on exit."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev dependency")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    common = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking")
+    for arg in (*common, "--disable-component-update", "--no-first-run", f"--window-size={window}", *flags):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @contextmanager

@@ -13,11 +13,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from retinaserve.detection import Detector
 from retinaserve.serve import create_app
-from retinaserve.serve.inference import build_detector
 
-from .conftest import SlowDetector, live_server, settings
+from .conftest import live_server, settings, slow_app
 
 
 def batch_metrics(base: str) -> tuple[float, float]:
@@ -31,15 +29,6 @@ def batch_metrics(base: str) -> tuple[float, float]:
 async def post_many(url: str, body: bytes, n: int, **kwargs: Any) -> list[httpx2.Response]:
     async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=n)) as client:
         return await asyncio.gather(*(client.post(url, content=body, **kwargs) for _ in range(n)))
-
-
-def slow_app(delay_s: float, **overrides: Any) -> Any:
-    def factory(s: Any) -> SlowDetector:
-        detector = build_detector(s)
-        assert isinstance(detector, Detector)
-        return SlowDetector(detector, delay_s)
-
-    return create_app(settings(**overrides), detector_factory=factory)
 
 
 def test_concurrent_requests_are_batched(shared: object, six_people_bytes: bytes) -> None:

@@ -22,10 +22,9 @@ from PIL import Image
 from retinaserve.detection import Detector
 from retinaserve.reconstruction import Reconstructor
 from retinaserve.serve import create_app
-from retinaserve.serve.inference import build_detector
 
 from ..conftest import GRACE_HOPPER, WEIGHTS
-from .conftest import MODEL, SlowDetector, live_server, png_header_only, settings
+from .conftest import MODEL, live_server, png_header_only, settings, slow_app
 
 
 @pytest.fixture(scope="module")
@@ -236,17 +235,6 @@ def test_metrics_and_models(client: TestClient, grace: bytes) -> None:
     models = client.get("/v1/models").json()
     assert models["reconstruction"]["loaded"] == "facemesh-468"
     assert {m["name"] for m in models["reconstruction"]["models"]} == {"facemesh-468", "3ddfa-v2-mb05"}
-
-
-def slow_app(delay_s: float, **overrides: Any) -> Any:
-    """An app whose detector takes ``delay_s`` longer per call, so queues and running jobs can be observed."""
-
-    def factory(s: Any) -> SlowDetector:
-        detector = build_detector(s)
-        assert isinstance(detector, Detector)
-        return SlowDetector(detector, delay_s)
-
-    return create_app(settings(**overrides), detector_factory=factory)
 
 
 def test_full_queue_is_429_and_cancel_works(shared: object, grace: bytes) -> None:

@@ -4,8 +4,6 @@ the mesh, and keep screenshots."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,19 +14,11 @@ import pytest
 from retinaserve.serve import create_app
 
 from ..conftest import GRACE_HOPPER, SIX_PEOPLE
-from .conftest import live_server, settings
+from .conftest import SCREENSHOTS, headless_chromium, live_server, needs_chromium, settings
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOTS = Path(
-    os.environ.get("RETINASERVE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "out" / "screenshots")
-)
 STAGES = ["queued", "detecting", "geometry", "texture", "exporting", "done"]
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 CANVAS_STATS = """
 const source = document.querySelector('#viewer canvas');
@@ -64,32 +54,11 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(downloads: Path) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev dependency")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        # WebGL without a GPU: ANGLE on SwiftShader, asked for explicitly (Chromium 156 falls back to it on its own,
-        # even with --disable-gpu, but newer versions drop that fallback unless it is allowed)
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1280,1400",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    try:
+    # WebGL without a GPU: ANGLE on SwiftShader, asked for explicitly (Chromium 156 falls back to it on its own,
+    # even with --disable-gpu, but newer versions drop that fallback unless it is allowed)
+    with headless_chromium("--use-angle=swiftshader", "--enable-unsafe-swiftshader", window="1280,1400") as driver:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
         yield driver
-    finally:
-        driver.quit()
 
 
 def _downloaded(folder: Path, name: str, timeout_s: float = 20) -> bytes:

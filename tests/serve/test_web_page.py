@@ -3,10 +3,7 @@ photo, wait for the boxes, check the face count and the canvas, beautify, and ke
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,44 +11,15 @@ import pytest
 from retinaserve.serve import create_app
 
 from ..conftest import SIX_PEOPLE
-from .conftest import live_server, settings
+from .conftest import SCREENSHOTS, headless_chromium, live_server, needs_chromium, settings
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOTS = Path(
-    os.environ.get("RETINASERVE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "out" / "screenshots")
-)
-
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev dependency")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1280,1600",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium("--disable-gpu", window="1280,1600") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_upload_detect_and_beautify_in_the_browser(shared: object, browser: Any) -> None:

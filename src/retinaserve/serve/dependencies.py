@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
@@ -41,12 +41,17 @@ def get_metrics(request: Request) -> ServiceMetrics:
 
 def get_service(request: Request) -> DetectionService:
     """The detection service; 503 while the model is loading, warming up or shutting down."""
-    service: DetectionService | None = getattr(request.app.state, "service", None)
+    service: DetectionService = _ready(getattr(request.app.state, "service", None), "the model")
+    return service
+
+
+def _ready(service: Any, what: str) -> Any:
+    """``service`` when it is started and ready, else 503 with Retry-After."""
     if service is None or not service.ready:
         raise ApiError(
             503,
             "not_ready",
-            "the model is not loaded yet (or the server is shutting down); retry shortly",
+            f"{what} is not loaded yet (or the server is shutting down); retry shortly",
             headers={"Retry-After": "1"},
         )
     return service
@@ -59,14 +64,7 @@ def get_reconstruction(request: Request) -> ReconstructionService:
         raise ApiError(
             404, "not_enabled", "3D reconstruction is off on this server (it runs with reconstruction_model none)"
         )
-    service: ReconstructionService | None = getattr(request.app.state, "reconstruction", None)
-    if service is None or not service.ready:
-        raise ApiError(
-            503,
-            "not_ready",
-            "the 3D model is not loaded yet (or the server is shutting down); retry shortly",
-            headers={"Retry-After": "1"},
-        )
+    service: ReconstructionService = _ready(getattr(request.app.state, "reconstruction", None), "the 3D model")
     return service
 
 

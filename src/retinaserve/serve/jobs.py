@@ -204,15 +204,12 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         base = f"/v1/jobs/{self.id}"
+        latest = self.events[-1].to_dict()  # every change emits an event, so the last one is the current state
+        del latest["elapsed_ms"]
         return {
             "id": self.id,
             "kind": self.kind,
-            "state": self.state.value,
-            "progress": round(self.progress, 4),
-            "done": self.done,
-            "total": self.total,
-            "faces": self.faces,
-            "error": self.error,
+            **latest,
             "created": self.created,
             "timings_ms": dict(self.timings_ms),
             "urls": {
@@ -252,9 +249,6 @@ class JobStore:
     def remove(self, job: Job, reason: str) -> None:
         if self._jobs.pop(job.id, None) is not None:
             self._forget(job.id, reason)
-
-    def values(self) -> list[Job]:
-        return list(self._jobs.values())
 
     def count(self, state: JobState) -> int:
         return sum(1 for job in self._jobs.values() if job.state == state)

@@ -34,7 +34,7 @@ from ..reconstruct import ReconstructionOutcome, ReconstructionService, Reconstr
 from ..schemas import ErrorResponse
 from ..settings import ServeSettings
 from .common import UPLOAD_BODY
-from .reconstruct import ERRORS, Format, OptionsDep, admit_upload, export_response, failure
+from .reconstruct import ERRORS, Format, OptionsDep, admit_upload, check_face, export_response, failure
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -180,12 +180,7 @@ async def job_result(
 )
 async def job_texture(job: JobDep, face: int = Query(0, ge=0)) -> Response:
     outcome = _finished(job)
-    try:
-        outcome.mesh(face)
-    except LookupError as exc:
-        raise ApiError(422, "no_face", str(exc)) from None
-    except ValueError as exc:
-        raise ApiError(422, "invalid_parameter", str(exc)) from None
+    check_face(outcome, face)
     return Response(await run_in_threadpool(outcome.texture_png, face), media_type="image/png")
 
 

@@ -110,17 +110,22 @@ def failure(exc: BaseException, timeout_s: float) -> ApiError | None:
     return None
 
 
-async def export_response(outcome: ReconstructionOutcome, fmt: Format, face: int) -> Response:
-    """The outcome in ``fmt``: JSON for every face, or one face's GLB / OBJ zip (422 when there is no such face)."""
-    headers = {"X-Faces": str(len(outcome.meshes))}
-    if fmt == "json":
-        return JSONResponse(outcome.to_dict(), headers=headers)
+def check_face(outcome: ReconstructionOutcome, face: int) -> None:
+    """422 ``no_face`` when nothing was reconstructed, 422 ``invalid_parameter`` when ``face`` is out of range."""
     try:
         outcome.mesh(face)
     except LookupError as exc:
         raise ApiError(422, "no_face", str(exc)) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+async def export_response(outcome: ReconstructionOutcome, fmt: Format, face: int) -> Response:
+    """The outcome in ``fmt``: JSON for every face, or one face's GLB / OBJ zip (422 when there is no such face)."""
+    headers = {"X-Faces": str(len(outcome.meshes))}
+    if fmt == "json":
+        return JSONResponse(outcome.to_dict(), headers=headers)
+    check_face(outcome, face)
     if fmt == "glb":
         data = await run_in_threadpool(outcome.glb_bytes, face)
         name, media = f"face{face}.glb", "model/gltf-binary"
