@@ -8,45 +8,164 @@ import numpy as np
 import pytest
 import torch
 
+import retinaserve.detection.boxes as boxes_module
+import retinaserve.detection.detector as detector_module
+from retinaserve.detection import Detector
+from retinaserve.detection.backend import NetworkBackend
 from retinaserve.detection.boxes import box_iou, decode_boxes, decode_landmarks, nms
 from retinaserve.detection.priors import PriorCache, make_priors
+from retinaserve.registry import get_model_spec
+from retinaserve.weights import load_network
+
+from .conftest import CROWD, WEIGHTS
 
 
-def _naive_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
-    order = list(np.argsort(-scores, kind="stable"))
-    keep: list[int] = []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        rest = []
-        for j in order:
-            xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
-            xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
-            inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
-            area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-            if inter / (area(boxes[i]) + area(boxes[j]) - inter) <= thr:
-                rest.append(j)
-        order = rest
-    return keep
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with others (M, 4), in box_iou's float32 arithmetic, one operation at a time."""
+    zero = np.float32(0)
+    area = max(box[2] - box[0], zero) * max(box[3] - box[1], zero)
+    areas = np.maximum(others[:, 2] - others[:, 0], zero) * np.maximum(others[:, 3] - others[:, 1], zero)
+    width = np.maximum(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), zero)
+    height = np.maximum(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), zero)
+    inter = width * height
+    return inter / np.maximum(area + areas - inter, np.finfo(np.float32).tiny)
 
 
-@pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("thr", [0.3, 0.5])
-def test_nms_matches_naive_greedy(seed: int, thr: float) -> None:
+def _greedy(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    """Greedy NMS by the book: best score first (ties in input order); keep a box unless its IoU with a box kept
+    before it exceeds the threshold (compared in float32, as the boxes are)."""
+    kept: list[int] = []
+    kept_boxes = np.empty_like(boxes)
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if not (_iou(boxes[i], kept_boxes[: len(kept)]) > np.float32(thr)).any():
+            kept_boxes[len(kept)] = boxes[i]
+            kept.append(i)
+    return kept
+
+
+def _check(boxes: np.ndarray, scores: np.ndarray, thr: float) -> None:
+    kept = nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr)
+    assert kept.dtype == torch.int64
+    assert kept.tolist() == _greedy(boxes, scores, thr)
+
+
+def _clustered(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (count, 4) around a few face-like centres, as a detector's candidates are, and their scores."""
+    centres = rng.uniform(0, 1600, (max(1, count // 20), 2))
+    sizes = rng.uniform(4, 200, len(centres))
+    which = rng.integers(0, len(centres), count)
+    middle = centres[which] + rng.normal(0, 0.15, (count, 2)) * sizes[which, None]
+    half = sizes[which, None] * rng.uniform(0.35, 0.65, (count, 2))
+    boxes = np.concatenate([middle - half, middle + half], 1).astype(np.float32)
+    return boxes, rng.uniform(0, 1, count).astype(np.float32)
+
+
+@pytest.fixture(params=["default", "tiny-blocks"])
+def nms_sizes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The shipped block and chunk sizes, and tiny ones that send small inputs through every path; gives the
+    largest input worth checking with them."""
+    if request.param == "default":
+        return 1500
+    for name, value in [("_FIRST_BLOCK", 5), ("_MIN_BLOCK", 2), ("_MAX_BLOCK", 9), ("_ALL_PAIRS_UP_TO", 3)]:
+        monkeypatch.setattr(boxes_module, name, value)
+    monkeypatch.setattr(boxes_module, "_PAIR_CHUNK", 1)
+    return 300
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.4, 0.5, 1.0])
+def test_nms_matches_greedy_on_clustered_boxes(nms_sizes: int, seed: int, thr: float) -> None:
     rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 200, (300, 2))
-    wh = rng.uniform(5, 60, (300, 2))
-    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-    scores = rng.uniform(0, 1, 300).astype(np.float32)
-    kept = nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).tolist()
-    assert kept == _naive_nms(boxes, scores, thr)
+    _check(*_clustered(rng, int(rng.integers(30, nms_sizes))), thr)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_matches_greedy_with_duplicates_ties_and_empty_boxes(nms_sizes: int, seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    count = min(800, nms_sizes)
+    boxes, _ = _clustered(rng, count)
+    boxes = np.round(boxes / 8) * 8  # a coarse grid: equal coordinates, duplicates, IoUs that are exact fractions
+    boxes[rng.choice(count, count // 4)] = boxes[rng.choice(count, count // 4)]
+    flat = rng.choice(count, count // 10)
+    boxes[flat, 2] = boxes[flat, 0]  # zero width
+    boxes[flat[::3], 3] = boxes[flat[::3], 1] - 5  # and upside down
+    scores = rng.integers(0, 6, count).astype(np.float32) / 5  # many equal scores
+    for thr in (0.0, 0.3, 0.4, 0.5, 1.0):
+        _check(boxes, scores, thr)
+
+
+def test_nms_one_dense_cluster_and_one_column(nms_sizes: int) -> None:
+    rng = np.random.default_rng(7)
+    cluster = (np.array([100, 100, 300, 300]) + rng.normal(0, 3, (nms_sizes, 4))).astype(np.float32)
+    _check(cluster, rng.uniform(0, 1, nms_sizes).astype(np.float32), 0.4)  # almost all go: blocks shrink
+    top = np.arange(600, dtype=np.float32)[:, None] * 12
+    column = np.concatenate([np.full_like(top, 50), top, np.full_like(top, 60), top + 11], 1)
+    assert nms(torch.from_numpy(column), torch.ones(600), 0.0).tolist() == list(range(600))
+
+
+def test_nms_decides_exactly_at_the_threshold() -> None:
+    pair = np.array([[0, 0, 5, 1], [0, 0, 2, 1]], np.float32)  # IoU 2/5: the same float32 as 0.4
+    two = np.array([0.9, 0.8], np.float32)
+    assert nms(torch.from_numpy(pair), torch.from_numpy(two), 0.4).tolist() == [0, 1]
+    assert nms(torch.from_numpy(pair), torch.from_numpy(two), 0.39).tolist() == [0]
+    same = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10]])
+    assert nms(same, torch.tensor([0.5, 0.5]), 1.0).tolist() == [0, 1]  # IoU 1 does not exceed 1
+
+
+def test_nms_decides_on_box_iou_to_the_last_bit() -> None:
+    """At a threshold equal to a pair's float32 IoU the pair stays; one ulp lower, the second box goes."""
+    rng = np.random.default_rng(11)
+    first = rng.uniform(0, 1000, (300, 2)).astype(np.float32)
+    first = np.concatenate([first, first + rng.uniform(1, 100, (300, 2)).astype(np.float32)], 1)
+    second = first + rng.uniform(-5, 5, (300, 4)).astype(np.float32)
+    scores = torch.tensor([0.9, 0.8])
+    for a, b in zip(first, second):
+        iou = box_iou(torch.from_numpy(a[None]), torch.from_numpy(b[None]))[0, 0].numpy()
+        assert _iou(a, b[None])[0] == iou
+        if iou == 0:
+            continue
+        pair = torch.from_numpy(np.stack([a, b]))
+        assert nms(pair, scores, float(iou)).tolist() == [0, 1]
+        assert nms(pair, scores, float(np.nextafter(iou, np.float32(0)))).tolist() == [0]
 
 
 def test_nms_edge_cases() -> None:
-    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.4).numel() == 0
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.4).tolist() == []
     assert nms(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.9]), 0.4).tolist() == [0]
+    apart = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    assert nms(apart, torch.tensor([0.1, 0.9]), 0.4).tolist() == [1, 0]
+    assert nms(apart, torch.tensor([0.1, 0.9]), -0.1).tolist() == [1]  # IoU 0 exceeds a negative threshold
     same = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10], [20.0, 20, 30, 30]])
     assert nms(same, torch.tensor([0.5, 0.9, 0.1]), 0.4).tolist() == [1, 2]
+    assert nms(same.double(), torch.tensor([0.5, 0.9, 0.1]), 0.4).tolist() == [1, 2]
+    assert nms(same.half(), torch.tensor([0.5, 0.9, 0.1]).half(), 0.4).tolist() == [1, 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nms_on_cuda_returns_the_same_indices_there() -> None:
+    boxes, scores = _clustered(np.random.default_rng(3), 1000)
+    kept = nms(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.4)
+    assert kept.is_cuda and kept.tolist() == _greedy(boxes, scores, 0.4)
+
+
+def test_nms_on_the_crowd_candidates_of_the_reference_protocol(shared, monkeypatch) -> None:
+    """The ~2,400 candidates the edge model gives on the crowd photo at score > 0.02, as the Detector passes them."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+        calls.append((boxes, scores))
+        return nms(boxes, scores, iou_threshold)
+
+    spec = get_model_spec("retinaface-mnet025-edge")
+    network = load_network(spec, WEIGHTS / spec.weights.filename)  # the plain torch backend: nothing to tune
+    detector = Detector(spec.name, backend=NetworkBackend(network, torch.device("cpu")), threshold=0.02)
+    monkeypatch.setattr(detector_module, "nms", spy)
+    detector.detect(CROWD)
+    boxes, scores = calls[0][0].numpy(), calls[0][1].numpy()
+    assert len(boxes) > 2000
+    for thr in (0.3, 0.4, 0.5):
+        _check(boxes, scores, thr)
 
 
 def test_box_iou_known_values() -> None:
