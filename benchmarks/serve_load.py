@@ -1,11 +1,13 @@
-"""Throughput and latency of POST /v1/detect under wrk at several client counts, dynamic batching on vs off.
+"""Throughput and latency of POST /v1/detect under wrk at several client counts: the server's automatic settings,
+dynamic batching forced on, and off; against the engine's own one-at-a-time rate in this process.
 
     python benchmarks/serve_load.py --image ../shared/images/six_people.jpg --clients 1 8 32 --duration 10 \
         --json out/serve_load.json
 
 Starts the server on 127.0.0.1 (a free port) once per mode, runs wrk (Debian package ``wrk``) for a bounded time
-per client count, and reads the batch-size metric to show how many images each model call carried.
-Not part of the test suite.
+per client count, and reads the batch-size metric to show how many images each model call carried. The engine's
+rate (the default ``Detector()`` on the same JPEG bytes, decode included, one call after another) is measured
+before and after the server runs; the server's req/s is shown as a fraction of it. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -14,14 +16,36 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
 from serve_common import running_server
 
-MODES = {"batching on": ["--max-batch", "8", "--max-wait-ms", "5"], "batching off": ["--max-batch", "1"]}
+MODES = {
+    "auto": [],
+    "batching on": ["--max-batch", "8", "--max-wait-ms", "5"],
+    "batching off": ["--max-batch", "1"],
+}
+
+
+def engine_rate(image: bytes, model: str | None, seconds: float) -> float:
+    """Images/s of the default Detector (the server's automatic engine) on ``image``, one call after another."""
+    from retinaserve import Detector
+    from retinaserve.memory import tune_allocator
+
+    tune_allocator()
+    detector = Detector(model) if model else Detector()
+    for _ in range(3):
+        detector.run([image])
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        detector.run([image])
+        count += 1
+    return count / (time.perf_counter() - start)
 
 
 def batch_counts(base: str) -> tuple[float, float]:
@@ -66,6 +90,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--log-dir", type=Path, default=Path("out/serve_load"))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
@@ -79,7 +104,9 @@ def main() -> None:
         )
     script = Path(lua.name)
     rows = []
-    for mode, flags in MODES.items():
+    engine_rates = [engine_rate(args.image.read_bytes(), args.model, args.duration)] if args.precision == "fp32" else []
+    for mode in args.modes:
+        flags = MODES[mode]
         model_flags = ["--model", args.model] if args.model else []
         server_flags = [
             *flags,
@@ -104,14 +131,24 @@ def main() -> None:
                       f"p99 {result['p99_ms']:7.1f} ms  mean batch {mean_batch:4.2f}  non-2xx {result['non_2xx']}",
                       flush=True)  # fmt: skip
     script.unlink()
-    print("\n| mode | clients | req/s | p50 ms | p99 ms | mean batch | non-2xx |\n|---|---|---|---|---|---|---|")
+    if engine_rates:
+        engine_rates.append(engine_rate(args.image.read_bytes(), args.model, args.duration))
+    engine = statistics.median(engine_rates) if engine_rates else float("nan")
+    print(f"\nengine (default Detector, one call after another, decode included): {engine:.1f} img/s "
+          f"(before and after: {', '.join(f'{r:.1f}' for r in engine_rates)})")  # fmt: skip
+    print("\n| mode | clients | req/s | x engine | p50 ms | p99 ms | mean batch | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['mean_batch']:.2f} | {r['non_2xx']} |")  # fmt: skip
+        r["vs_engine"] = r["rps"] / engine
+        print(f"| {r['mode']} | {r['clients']} | {r['rps']:.1f} | {r['vs_engine']:.2f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['mean_batch']:.2f} | {r['non_2xx']} |")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"image": str(args.image), "duration_s": args.duration, "rows": rows}, indent=1)
+            json.dumps(
+                {"image": str(args.image), "duration_s": args.duration, "engine_ips": engine_rates, "rows": rows},
+                indent=1,
+            )
         )
 
 

@@ -14,6 +14,8 @@ from retinaserve import Detector, InvalidImageError, ResizePolicy, UnknownModelE
 from .conftest import SIX_PEOPLE
 
 MODEL = "ultralight-rfb"
+EXACT = {"decode": "exact"}
+"""Every input kind decodes to the same pixels only at full size (decode="fast" is tested in test_scaled_decode)."""
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def rgb() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference_faces(detector_factory) -> list:
-    return detector_factory(MODEL)(SIX_PEOPLE)
+    return detector_factory(MODEL, **EXACT)(SIX_PEOPLE)
 
 
 def _same(a: list, b: list, tol: float = 1e-3) -> bool:
@@ -33,7 +35,7 @@ def _same(a: list, b: list, tol: float = 1e-3) -> bool:
 
 
 def test_path_bytes_array_and_pil_agree(detector_factory, rgb, reference_faces) -> None:
-    detector = detector_factory(MODEL)
+    detector = detector_factory(MODEL, **EXACT)
     assert len(reference_faces) == 6
     assert _same(detector(SIX_PEOPLE.read_bytes()), reference_faces)
     assert _same(detector(str(SIX_PEOPLE)), reference_faces)
@@ -42,7 +44,7 @@ def test_path_bytes_array_and_pil_agree(detector_factory, rgb, reference_faces) 
 
 
 def test_bgr_arrays_need_the_channel_order(detector_factory, rgb, reference_faces) -> None:
-    detector = detector_factory(MODEL)
+    detector = detector_factory(MODEL, **EXACT)
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     assert _same(detector.run([bgr], channels="bgr")[0].faces, reference_faces)
     swapped = detector.run([bgr], channels="rgb")[0].faces

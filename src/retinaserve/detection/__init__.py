@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .detector import Detector, ResizePolicy, resolve_device
+from .detector import DecodeMode, Detector, ResizePolicy, resolve_device
 from .results import LANDMARK_NAMES, Face, ImageResult, Landmarks
 
-__all__ = ["LANDMARK_NAMES", "Detector", "Face", "ImageResult", "Landmarks", "ResizePolicy", "resolve_device"]
+__all__ = [
+    "LANDMARK_NAMES",
+    "DecodeMode",
+    "Detector",
+    "Face",
+    "ImageResult",
+    "Landmarks",
+    "ResizePolicy",
+    "resolve_device",
+]

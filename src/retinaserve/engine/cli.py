@@ -53,6 +53,11 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own)")
     bench.add_argument("--compile", choices=["none", "compile", "cuda-graphs"], default="none", help="torch backend")
     bench.add_argument("--parity", action="store_true", help="compare detections with FP32 torch instead of timing")
+    bench.add_argument(
+        "--vs-floor",
+        action="store_true",
+        help="also print the measured FP32 peak, each model's FLOPs, and times as multiples of the floor",
+    )
     bench.add_argument("--json", type=Path, help="write rows (and parity reports) to this file")
     bench.add_argument("--plot", type=Path, help="write throughput vs batch per backend to this PNG")
     bench.set_defaults(func=cmd_bench)
@@ -60,10 +65,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .bench import (
         BenchConfig,
         Variant,
         format_bench_table,
+        format_floor_table,
         machine_description,
         plot_throughput,
         run_benchmark,
@@ -73,6 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .factory import EngineConfig, photos_in
     from .ort_backend import OrtOptions
     from .parity import format_parity_table
+    from .precision import pick_device
 
     photos = photos_in(args.photos)
     if not photos:
@@ -89,6 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             write_json(args.json, [], reports, photos=[str(p) for p in photos], input=args.sizes[0])
         return 0
+    device = pick_device(args.device).device
     config = BenchConfig(
         photos=photos,
         models=tuple(args.models),
@@ -102,12 +112,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         random_weights=args.random_weights,
         engine=engine,
     )
+    peaks: list[float] = []
+    if args.vs_floor:
+        from .floor import fp32_peak_gflops
+
+        peaks.append(fp32_peak_gflops(device=device))
     rows = run_benchmark(config)
     print(format_bench_table(rows))
+    if args.vs_floor:
+        peaks.append(fp32_peak_gflops(device=device))  # before and after: the best of both is the peak
+        print(f"\nmachine FP32 peak (2048x2048 matmul, {torch.get_num_threads()} threads): {max(peaks):.1f} GFLOP/s")
+        print(format_floor_table(rows, max(peaks)))
     if args.json:
         write_json(
             args.json,
             rows,
+            fp32_peak_gflops=max(peaks) if peaks else None,
             photos=[str(p) for p in photos],
             warmup=args.warmup,
             repeats=args.repeats,

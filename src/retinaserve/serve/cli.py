@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..memory import limit_heap_arenas
+from ..memory import limit_heap_arenas, tune_allocator
 from ..registry import DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL
-from .settings import PRECISIONS, ServeSettings
+from .settings import BACKENDS, PRECISIONS, ServeSettings
 
 __all__ = ["add_serve_parser", "cmd_serve", "settings_from_args"]
 
@@ -29,7 +29,15 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--weights", help="weights file (default: resolved from env var and cache)")
     serve.add_argument("--device", help="cpu, cuda, cuda:N (default cpu)")
     serve.add_argument("--precision", choices=PRECISIONS, help="fp32 (default); others need an engine backend")
-    serve.add_argument("--max-batch", type=int, help="most images per model call; 1 turns batching off (default 8)")
+    serve.add_argument(
+        "--backend", choices=BACKENDS, help="what runs fp32 (default auto: the fastest here, measured once, cached)"
+    )
+    serve.add_argument(
+        "--decode", choices=("fast", "exact"), help="JPEG decode at the size the network needs (default fast)"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, help="most images per model call; 1: no batching (default 0: what paid when measured)"
+    )
     serve.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill up (default 5)")
     serve.add_argument("--max-queue", type=int, help="images waiting before requests get 429 (default 64)")
     serve.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout, s (default 30)")
@@ -62,6 +70,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             "weights",
             "device",
             "precision",
+            "backend",
+            "decode",
             "max_batch",
             "max_wait_ms",
             "max_queue",
@@ -106,6 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     limit_heap_arenas(2)  # before uvicorn and the batcher start their threads
+    tune_allocator()  # torch's CPU paths would fault their activations in afresh on every call
     uvicorn.run(
         app,
         host=settings.host,

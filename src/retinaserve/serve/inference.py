@@ -14,6 +14,7 @@ import numpy as np
 
 from ..detection import ImageResult, ResizePolicy
 from ..errors import RetinaServeError
+from ..images import ReducedImage, TargetSize
 from ..memory import trim_heap
 from .batching import Batcher, BatchStats, QueueFullError
 from .settings import ServeSettings
@@ -68,7 +69,7 @@ class Detection:
 
 @dataclass(frozen=True)
 class _Job:
-    image: np.ndarray  # (H, W, 3) uint8 RGB, already decoded and checked
+    image: np.ndarray | ReducedImage  # (H, W, 3) uint8 RGB (or reduced, with its full size), decoded and checked
     options: DetectOptions
 
 
@@ -80,7 +81,14 @@ def build_detector(settings: ServeSettings) -> DetectorLike:
     if settings.precision == "fp32":
         from ..detection import Detector
 
-        return Detector(settings.model, weights=settings.weights, device=settings.device, batch_size=settings.max_batch)
+        return Detector(
+            settings.model,
+            weights=settings.weights,
+            device=settings.device,
+            backend=settings.backend,
+            batch_size=settings.max_batch or None,
+            decode=settings.decode,  # type: ignore[arg-type]
+        )
     engine_detector = _engine_detector_factory()
     if engine_detector is None:
         where = "on CPU " if settings.device == "cpu" else ""
@@ -136,7 +144,11 @@ def _engine_detector_factory() -> Callable[[ServeSettings], DetectorLike] | None
     def build(settings: ServeSettings) -> DetectorLike:
         config = engine_config(precision=settings.precision, device=settings.device)
         detector: DetectorLike = create_detector(
-            settings.model, config, weights=settings.weights, batch_size=settings.max_batch
+            settings.model,
+            config,
+            weights=settings.weights,
+            batch_size=settings.max_batch or None,
+            decode=settings.decode,
         )
         return detector
 
@@ -175,7 +187,7 @@ class DetectionService:
         self.pixels_in_flight = 0
         self.batcher: Batcher[_Job, Detection] = Batcher(
             self._run_batch,
-            max_batch_size=settings.max_batch,
+            max_batch_size=settings.max_batch or 8,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue=settings.max_queue,
             group_key=lambda job: job.options,
@@ -193,6 +205,18 @@ class DetectionService:
     def model_name(self) -> str:
         return self.detector.name
 
+    @property
+    def engine(self) -> dict[str, object]:
+        """What runs the model and why: backend, max batch, and what ``auto`` measured (for the log and /v1/models)."""
+        backend = getattr(self.detector, "backend", None)
+        profile = getattr(self.detector, "engine_profile", None)
+        return {
+            "backend": getattr(backend, "name", type(self.detector).__name__),
+            "max_batch": self.batcher.max_batch_size,
+            "reason": profile.reason if profile is not None else "backend named in the settings",
+            "forward_ms": dict(profile.forward_ms) if profile is not None else {},
+        }
+
     def _run_batch(self, jobs: list[_Job]) -> list[Detection]:
         options = jobs[0].options  # the batcher groups by options, so they are equal within a call
         results = self.detector.run(
@@ -203,7 +227,10 @@ class DetectionService:
             max_faces=options.max_faces,
         )
         now = time.monotonic()
-        if sum(job.image.size for job in jobs) > _TRIM_AFTER_BYTES and now - self._last_trim > _TRIM_INTERVAL_S:
+        if (
+            sum(_pixels(job.image).size for job in jobs) > _TRIM_AFTER_BYTES
+            and now - self._last_trim > _TRIM_INTERVAL_S
+        ):
             # large decoded images would otherwise stay resident after they are freed; at most once a second,
             # since trimming after every batch of ordinary photos cost a third of the throughput under load
             trim_heap()
@@ -214,14 +241,16 @@ class DetectionService:
         """Run the model once alone and once at full batch, so the first real request pays no start-up cost."""
         image = np.full((480, 640, 3), 128, dtype=np.uint8)
         self.detector.run([image])
-        if self.settings.max_batch > 1:
-            self.detector.run([image] * self.settings.max_batch)
+        if self.batcher.max_batch_size > 1:
+            self.detector.run([image] * self.batcher.max_batch_size)
 
     async def start(self) -> None:
         """Start the batcher, then build (and warm up, if configured) the detector on the batcher's own thread,
         the one that will run it."""
         await self.batcher.start()
         self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
+        if not self.settings.max_batch:  # auto: what paid when the engine measured the model here
+            self.batcher.max_batch_size = max(1, int(getattr(self._detector, "batch_size", 8)))
         if self.settings.warmup:
             await self.batcher.run_in_worker(self.warm_up)
         self.ready = True
@@ -240,6 +269,18 @@ class DetectionService:
         self.pixels_in_flight += pixels
         return PixelReservation(self, pixels)
 
-    async def detect(self, image: np.ndarray, options: DetectOptions) -> Detection:
+    def decode_target(self, options: DetectOptions) -> TargetSize | None:
+        """What an image will be resized to under these options, when the detector decodes JPEGs at the DCT scale
+        its input needs (its ``decode`` is "fast") and says its resize policy; None: decode at full size."""
+        if getattr(self.detector, "decode", "exact") != "fast":
+            return None
+        resize = options.resize or getattr(self.detector, "resize", None)
+        return None if resize is None else resize.scaled_size
+
+    async def detect(self, image: np.ndarray | ReducedImage, options: DetectOptions) -> Detection:
         """One decoded image -> its result, batched with whatever else is waiting."""
         return await self.batcher.submit(_Job(image, options), timeout_s=self.settings.request_timeout_s)
+
+
+def _pixels(image: np.ndarray | ReducedImage) -> np.ndarray:
+    return image.pixels if isinstance(image, ReducedImage) else image

@@ -82,8 +82,18 @@ class ReconstructionModels(BaseModel):
     models: list[ReconstructionModelOut]
 
 
+class EngineOut(BaseModel):
+    """What runs the served model, and what the engine measured when it picked it."""
+
+    backend: str
+    max_batch: int
+    reason: str
+    forward_ms: dict[str, float]
+
+
 class ModelsResponse(BaseModel):
     loaded: str
     precision: str
+    engine: EngineOut
     models: list[ModelOut]
     reconstruction: ReconstructionModels

@@ -17,10 +17,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
 from ..errors import InvalidImageError
-from ..images import decode_image
+from ..images import ReducedImage, TargetSize, decode_image, load_image_reduced
 from .errors import ApiError
 
-__all__ = ["ACCEPTED_FORMATS", "Upload", "decode_upload", "probe_image", "read_uploads", "sniff_format"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "Upload",
+    "decode_upload",
+    "decode_upload_reduced",
+    "probe_image",
+    "read_uploads",
+    "sniff_format",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +171,19 @@ def probe_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
 
 def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Bytes -> (H, W, 3) uint8 RGB: probe first (415/413 without decoding), then decode (400 if corrupt)."""
+    return decode_upload_reduced(data, max_pixels=max_pixels, target_size=None).pixels
+
+
+def decode_upload_reduced(data: bytes, *, max_pixels: int, target_size: TargetSize | None) -> ReducedImage:
+    """As :func:`decode_upload`, but a JPEG is decoded at the DCT scale that ``target_size`` (height, width) ->
+    (height, width) allows (:func:`~retinaserve.images.load_image_reduced`); None decodes at full size. The limits
+    apply to the full size."""
     probe_image(data, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels may still be fine
-            return decode_image(data, max_pixels=max_pixels)
-    except InvalidImageError as exc:  # decode_image turns every decoder failure into this
+            if target_size is None:
+                return ReducedImage.full(decode_image(data, max_pixels=max_pixels))
+            return load_image_reduced(data, target_size, max_pixels=max_pixels)
+    except InvalidImageError as exc:  # the decoders turn every failure into this
         raise ApiError(400, "invalid_image", str(exc)) from None

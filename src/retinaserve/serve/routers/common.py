@@ -14,13 +14,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ...detection import ResizePolicy
 from ...errors import InvalidImageError
+from ...images import ReducedImage
 from ..batching import BatcherClosedError, QueueFullError
 from ..dependencies import MetricsDep, ServiceDep, SettingsDep
 from ..errors import ApiError
 from ..inference import Detection, DetectionService, DetectOptions, PixelReservation
 from ..metrics import ServiceMetrics
 from ..settings import ServeSettings
-from ..uploads import decode_upload, probe_image
+from ..uploads import decode_upload, decode_upload_reduced, probe_image
 
 __all__ = ["UPLOAD_BODY", "DetectContext", "DetectContextDep", "detect_options", "run_detection"]
 
@@ -104,6 +105,15 @@ async def decode(data: bytes, ctx: DetectContext) -> np.ndarray:
     return await run_in_threadpool(decode_upload, data, max_pixels=ctx.settings.max_pixels)
 
 
+async def decode_for_detection(data: bytes, ctx: DetectContext) -> ReducedImage:
+    """Decode in the thread pool, a JPEG at the DCT scale the network input needs when the detector decodes
+    "fast" (limits are still checked on the full size, and results come back in full-size pixels)."""
+    target_size = ctx.service.decode_target(ctx.options)
+    return await run_in_threadpool(
+        decode_upload_reduced, data, max_pixels=ctx.settings.max_pixels, target_size=target_size
+    )
+
+
 def _busy(ctx: DetectContext, reason: str) -> ApiError:
     ctx.metrics.rejected.labels(reason).inc()
     return ApiError(
@@ -114,7 +124,7 @@ def _busy(ctx: DetectContext, reason: str) -> ApiError:
     )
 
 
-async def run_detection(image: np.ndarray, ctx: DetectContext) -> Detection:
+async def run_detection(image: np.ndarray | ReducedImage, ctx: DetectContext) -> Detection:
     """One decoded image through the batcher; refusals become 429 / 503 / 504 / 422."""
     try:
         return await ctx.service.detect(image, ctx.options)

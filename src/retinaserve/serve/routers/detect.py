@@ -14,7 +14,7 @@ from ..errors import ApiError
 from ..inference import Detection
 from ..schemas import BatchResponse, DetectResponse, ErrorResponse
 from ..uploads import Upload, read_uploads
-from .common import UPLOAD_BODY, DetectContext, DetectContextDep, admit, decode, ms_since, run_detection
+from .common import UPLOAD_BODY, DetectContext, DetectContextDep, admit, decode_for_detection, ms_since, run_detection
 
 router = APIRouter(prefix="/v1", tags=["detection"], dependencies=[Depends(require_api_key)])
 
@@ -46,7 +46,7 @@ def _payload(detection: Detection, *, landmarks: bool, timings: dict[str, float]
 async def _detect_upload(upload: Upload, ctx: DetectContext, landmarks: bool) -> tuple[dict[str, Any], int]:
     start = time.perf_counter()
     with admit(upload.data, ctx):
-        image = await decode(upload.data, ctx)
+        image = await decode_for_detection(upload.data, ctx)
         decoded = time.perf_counter()
         detection = await run_detection(image, ctx)
         del image

@@ -51,6 +51,7 @@ async def models(request: Request, service: ServiceDep, settings: SettingsDep) -
     return {
         "loaded": service.model_name,
         "precision": settings.precision,
+        "engine": service.engine,
         "models": out,
         "reconstruction": {"loaded": loaded_3d, "models": models_3d},
     }
