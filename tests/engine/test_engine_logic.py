@@ -3,6 +3,7 @@ device choice and planner arithmetic (no network, no photos)."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -157,6 +158,14 @@ def test_device_auto_picks_cpu_here_and_says_so(caplog: pytest.LogCaptureFixture
     assert (engine.device, engine.backend, engine.precision) == (CPU, "onnx", "fp32")
     gpu = resolve_engine(EngineConfig(), cuda_available=True, onnxruntime_installed=True)
     assert (gpu.backend, gpu.precision) == ("torch", "fp16") and "precision=auto picked fp16" in gpu.reason
+    int8 = resolve_engine(EngineConfig(precision="int8"), cuda_available=False)
+    fast_int8 = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+    assert int8.backend == ("openvino" if fast_int8 else "onnx")
+    assert resolve_engine(EngineConfig(precision="int8"), cuda_available=True).backend == "onnx"
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'tensorflow'"):
+        resolve_engine(EngineConfig(backend="tensorflow"))  # type: ignore[arg-type]
+    with pytest.raises(PrecisionNotSupportedError, match="openvino backend runs fp32 or int8 on CPU"):
+        resolve_engine(EngineConfig(backend="openvino", precision="fp32", device="cuda"), cuda_available=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")

@@ -85,6 +85,8 @@ def default_variants(device: torch.device) -> tuple[Variant, ...]:
     variants = [Variant("torch", "fp32"), Variant("onnx", "fp32"), Variant("onnx", "int8")]
     if importlib.util.find_spec("openvino") is not None:
         variants.insert(2, Variant("openvino", "fp32"))
+        if importlib.util.find_spec("nncf") is not None:
+            variants.append(Variant("openvino", "int8"))
     if cpu_has_native_bf16():
         variants.insert(1, Variant("torch", "bf16"))
     return tuple(variants)
