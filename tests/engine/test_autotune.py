@@ -139,7 +139,16 @@ def test_measured_once_then_read_from_the_cache(
         _, remeasured = create_detector_backend(SLIM, config)
     assert remeasured is not None and remeasured.source == "measured"
     assert "ignoring the engine profile" in caplog.text
-    json.loads(files[0].read_text())
+    data = json.loads(files[0].read_text())
+
+    # a profile made before a runtime was installed did not time it: measured again, not trusted
+    loser = next(name for name in data["forward_ms"] if name != data["backend"] + "/" + data["precision"])
+    del data["forward_ms"][loser]
+    files[0].write_text(json.dumps(data))
+    _, after_install = create_detector_backend(SLIM, config)
+    assert after_install is not None and after_install.source == "measured" and loser in after_install.forward_ms
+    _, cached_again = create_detector_backend(SLIM, config)
+    assert cached_again is not None and cached_again.source == str(files[0])
 
 
 def test_the_environment_names_the_backend_without_measuring(monkeypatch: pytest.MonkeyPatch) -> None:

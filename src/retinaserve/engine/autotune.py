@@ -71,6 +71,8 @@ class EngineProfile:
     batch_ms: dict[int, float]
     """The winner's median ms per image at each batch size tried."""
     machine: str
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Installed backends that could not run the model, with the reason (not tried again until re-measured)."""
     measured_at: float = field(default_factory=time.time)
     source: str = "measured"
     """``measured`` (now) or the profile file it was read from."""
@@ -78,6 +80,11 @@ class EngineProfile:
     @property
     def variant(self) -> str:
         return f"{self.backend}/{self.precision}"
+
+    def covers(self, candidates: Sequence[str]) -> bool:
+        """Whether this profile tried exactly ``candidates`` (a runtime installed since, or removed, means the
+        answer may be different: measure again)."""
+        return set(self.forward_ms) | set(self.skipped) == set(candidates) and self.variant in self.forward_ms
 
     @property
     def reason(self) -> str:
@@ -114,6 +121,7 @@ class EngineProfile:
             forward_ms={str(k): float(v) for k, v in data["forward_ms"].items()},
             batch_ms={int(k): float(v) for k, v in data["batch_ms"].items()},
             machine=str(data["machine"]),
+            skipped={str(k): str(v) for k, v in data.get("skipped", {}).items()},
             measured_at=float(data["measured_at"]),
             source=source,
         )

@@ -49,6 +49,8 @@ from .onnx_models import (
     verify_onnx,
 )
 from .ort_backend import OnnxRuntimeBackend, OrtOptions, OutputShapes, detector_output_shapes
+from .ov_backend import OpenVinoInt8Options
+from .parity import HeldOutAccuracy
 from .precision import Precision, check_precision, cpu_has_native_bf16, parse_precision, pick_device
 from .torch_backend import Compile, TorchBackend, TorchOptions
 
@@ -93,6 +95,9 @@ class EngineConfig:
     exporter: Exporter = "torchscript"
     calibration_photos: tuple[Path, ...] = ()
     """Real photos for INT8 calibration (each is also used mirrored and cropped)."""
+    openvino_int8: OpenVinoInt8Options = field(default_factory=OpenVinoInt8Options)
+    validation_photos: tuple[Path, ...] = ()
+    """Held-out photos (not the calibration ones) that OpenVINO INT8 accuracy control measures detections on."""
     random_weights: bool = False
     """Initialise the network randomly (seed 0) instead of loading weights: for timing and memory only."""
 
@@ -290,7 +295,7 @@ def fastest_backend(
     path = profile_path(spec.name, weights_id, device, size, machine)
     cached = None if remeasure else read_profile(path)
     candidates = installed_candidates(device)
-    if cached is not None and cached.variant in candidates:
+    if cached is not None and cached.covers(candidates):
         profile = cached
         backend = build(profile.variant)
     else:
@@ -301,14 +306,16 @@ def fastest_backend(
             path.parent,
         )
         built: dict[str, Backend] = {}
+        skipped: dict[str, str] = {}
         for variant in candidates:
             try:
                 built[variant] = build(variant)
             except (BackendUnavailableError, PrecisionNotSupportedError, ExportError) as exc:
                 log.warning("engine auto: %s cannot run here (%s)", variant, exc)
+                skipped[variant] = str(exc)
         if not built:
-            raise BackendUnavailableError(f"no backend can run {spec.name} on {device}")
-        profile = measure_profile(spec, built, device=device, size=size, machine=machine)
+            raise BackendUnavailableError(f"no backend can run {spec.name} on {device}: {skipped}")
+        profile = replace(measure_profile(spec, built, device=device, size=size, machine=machine), skipped=skipped)
         backend = built[profile.variant]
         built.clear()
         write_profile(path, profile)
@@ -383,7 +390,19 @@ def _openvino_backend(
         assert isinstance(spec, ModelSpec)
         return _calibration_reader(spec, network, config)
 
+    def accuracy() -> HeldOutAccuracy:
+        if not isinstance(spec, ModelSpec) or not config.validation_photos:
+            raise PrecisionNotSupportedError(
+                "openvino int8 accuracy control measures a detector's faces on held-out photos: pass "
+                "EngineConfig(validation_photos=...) (not the calibration photos), or turn accuracy_control off"
+            )
+        resize = ResizePolicy(det_size=config.int8.calibration_size)
+        helper = Detector(spec.name, backend=NetworkBackend(network, torch.device("cpu")), resize=resize)
+        return HeldOutAccuracy(helper, [load_image(path) for path in config.validation_photos])
+
     photos_id = file_digest(list(config.calibration_photos))[:12] if config.calibration_photos else "none"
+    if config.openvino_int8.accuracy_control and config.validation_photos:
+        photos_id += "-val" + file_digest(list(config.validation_photos))[:12]
     return create_openvino_backend(
         fp32,
         choice.device,
@@ -391,6 +410,8 @@ def _openvino_backend(
         choice.precision,
         calibration=reader if (config.calibration_photos or calibration is not None) else None,
         calibration_id=photos_id,
+        int8=config.openvino_int8,
+        accuracy=accuracy,
     )
 
 
