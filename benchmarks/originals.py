@@ -44,7 +44,16 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_PHOTOS = tuple(SHARED / "images" / name for name in ("six_people.jpg", "crowd_selfie.jpg", "grace_hopper.jpg"))
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet0.25_Final.pth"
-DEFAULT_VARIANTS = ("torch-baseline/fp32", "torch/fp32", "onnx/fp32", "onnx/int8")
+DEFAULT_VARIANTS = (
+    "torch-baseline/fp32",
+    "auto/fp32",
+    "torch/fp32",
+    "onnx/fp32",
+    "openvino/fp32",
+    "onnx/int8",
+    "openvino/int8",
+)
+"""``auto/fp32`` is what ``Detector()`` runs: the fastest exact backend measured on this machine."""
 MIRRORS = Path("/work/.mirror")
 BIUBUG6_REPOS = ("biubug6/Face-Detector-1MB-with-landmark", "biubug6/Pytorch_Retinaface")
 """Where biubug6's code is looked for, in order: the checkpoint's own repository first (its ``net.py`` uses ReLU,
@@ -386,7 +395,9 @@ def build_ours(model: str, variants: list[str], args: argparse.Namespace, **opti
         except Exception as exc:  # a backend that is not installed or not known yet: say so, measure the rest
             print(f"skip {model} {variant}: {type(exc).__name__}: {exc}")
             continue
-        if not detector.backend.name.startswith(backend.split("-")[0]):
+        if backend == "auto":
+            variant = f"auto/fp32 ({detector.backend.name.split()[0]})"
+        elif not detector.backend.name.startswith(backend.split("-")[0]):
             print(f"skip {model} {variant}: the factory built {detector.backend.name!r}, not a {backend} backend")
             continue
         built.append(OursDetector(f"ours {variant}", detector))

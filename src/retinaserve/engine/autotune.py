@@ -134,20 +134,11 @@ def _version(package: str) -> str:
         return "-"
 
 
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of ``/proc/cpuinfo`` (``model name``, ``flags``), or "" where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -159,9 +150,10 @@ def machine_fingerprint(device: torch.device | str = "cpu") -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
-    flags = hashlib.sha256(_cpu_flags().encode()).hexdigest()[:8]
+    flags = hashlib.sha256(_cpuinfo("flags").encode()).hexdigest()[:8]
     versions = ",".join(f"{name}={_version(name)}" for name in ("torch", "onnxruntime", "openvino"))
-    return f"{_cpu_model()} x{cores} threads={torch.get_num_threads()} flags={flags} gpu={gpu} {versions}"
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
+    return f"{cpu} x{cores} threads={torch.get_num_threads()} flags={flags} gpu={gpu} {versions}"
 
 
 def profile_path(model: str, weights_id: str, device: torch.device, size: tuple[int, int], machine: str) -> Path:

@@ -15,13 +15,16 @@ import numpy as np
 import torch
 
 from ..detection import Detector, Face
+from ..detection.backend import Backend
 from ..detection.boxes import box_iou
 from ..tables import format_table
 
 __all__ = [
+    "HeldOutAccuracy",
     "ParityReport",
     "average_precision",
     "compare_detections",
+    "detect_all",
     "format_parity_table",
     "match_faces",
     "parity_views",
@@ -144,6 +147,62 @@ def compare_detections(
 def detect_all(detector: Detector, images: Sequence[np.ndarray], low_threshold: float) -> list[list[Face]]:
     """Faces down to ``low_threshold`` in every image (one call per image, as a user would)."""
     return [detector.run([image], threshold=low_threshold)[0].faces for image in images]
+
+
+class HeldOutAccuracy:
+    """Detections of a candidate backend against the reference's on held-out photos (their :func:`parity_views`),
+    as one number for INT8 accuracy control: ``min(AP, 1 - mean landmark px / (100 * landmark_px_per_point))``.
+
+    The reference scores 1; a drop of at most 0.01 then means both "AP within 1 point" and "landmarks within
+    ``landmark_px_per_point`` px on average". Items are view indices; the value per item is the same on one view.
+    """
+
+    def __init__(
+        self,
+        reference: Detector,
+        photos: Sequence[np.ndarray],
+        *,
+        low_threshold: float = 0.05,
+        landmark_px_per_point: float = 1.0,
+    ) -> None:
+        self.model = reference.spec.name
+        self.resize = reference.resize
+        self.threshold = reference.threshold
+        self.low_threshold = low_threshold
+        self.landmark_px_per_point = landmark_px_per_point
+        self.views = parity_views(photos)
+        self.references = detect_all(reference, self.views, low_threshold)
+
+    @property
+    def items(self) -> list[int]:
+        return list(range(len(self.views)))
+
+    def metric(self, report: ParityReport) -> float:
+        """The one number of a parity report: AP, or less where landmarks moved more than allowed."""
+        ap = 1.0 if np.isnan(report.ap) else report.ap
+        return min(ap, 1.0 - report.mean_landmark_px / (100.0 * self.landmark_px_per_point))
+
+    def report(self, backend: Backend, items: Sequence[int] | None = None) -> ParityReport:
+        """The parity of ``backend`` with the reference on the views ``items`` (default: all)."""
+        references, candidate = self._detect(backend, self.items if items is None else items)
+        return self._compare(references, candidate, backend)
+
+    def __call__(self, backend: Backend, items: Sequence[int]) -> tuple[float, list[float]]:
+        references, candidate = self._detect(backend, items)
+        per_item = [self.metric(self._compare([r], [c], backend)) for r, c in zip(references, candidate)]
+        return self.metric(self._compare(references, candidate, backend)), per_item
+
+    def _detect(self, backend: Backend, items: Sequence[int]) -> tuple[list[list[Face]], list[list[Face]]]:
+        detector = Detector(self.model, backend=backend, resize=self.resize)
+        candidate = detect_all(detector, [self.views[i] for i in items], self.low_threshold)
+        return [self.references[i] for i in items], candidate
+
+    def _compare(
+        self, references: Sequence[Sequence[Face]], candidate: Sequence[Sequence[Face]], backend: Backend
+    ) -> ParityReport:
+        return compare_detections(
+            references, candidate, threshold=self.threshold, model=self.model, backend=backend.name, precision="int8"
+        )
 
 
 def format_parity_table(reports: Sequence[ParityReport]) -> str:
