@@ -283,10 +283,9 @@ class Detector:
     def preprocess(self, image: np.ndarray | ReducedImage, resize: ResizePolicy | None = None) -> _Prepared:
         """(H, W, 3) uint8 RGB, or a :class:`ReducedImage` -> normalised (3, H_in, W_in) network input on the
         device, with its scale to the full image."""
-        if isinstance(image, ReducedImage):
-            pixels = self.backend.upload(_host_tensor(image.pixels))
-            return self._resize_normalise(pixels, resize, (image.height, image.width), image.reduction)
-        return self._resize_normalise(self.backend.upload(_host_tensor(image)), resize)
+        reduced = image if isinstance(image, ReducedImage) else ReducedImage.full(image)
+        pixels = self.backend.upload(_host_tensor(reduced.pixels))
+        return self._resize_normalise(pixels, resize, (reduced.height, reduced.width), reduced.reduction)
 
     def _load(
         self, image: ImageInput | ReducedImage, channels: ChannelOrder, resize: ResizePolicy, decode: DecodeMode

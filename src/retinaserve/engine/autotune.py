@@ -37,10 +37,13 @@ __all__ = [
     "BATCH_GAIN",
     "EXACT_CANDIDATES",
     "EngineProfile",
+    "default_input_size",
     "installed_candidates",
     "machine_fingerprint",
     "measure_profile",
     "profile_path",
+    "read_profile",
+    "write_profile",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,13 +185,10 @@ def default_input_size(spec: ModelSpec) -> tuple[int, int]:
     return side, side
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _time_ms(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
 
 
 def measure_profile(
@@ -216,12 +216,12 @@ def measure_profile(
     samples: dict[str, list[float]] = {}
     for name, backend in backends.items():  # warm-up: first calls allocate, compile kernels, fill caches
         call(backend, one)
-        samples[name] = [_median_ms(lambda backend=backend: call(backend, one), 1)]  # type: ignore[misc]
+        samples[name] = [_time_ms(lambda backend=backend: call(backend, one))]  # type: ignore[misc]
     best_warm = min(values[0] for values in samples.values())
     racing = {n: b for n, b in backends.items() if samples[n][0] <= SLOW_FACTOR * best_warm}
     for _ in range(rounds):  # interleaved; a backend already far behind after warm-up sits the rounds out
         for name, backend in racing.items():
-            samples[name].append(_median_ms(lambda backend=backend: call(backend, one), 1))  # type: ignore[misc]
+            samples[name].append(_time_ms(lambda backend=backend: call(backend, one)))  # type: ignore[misc]
     forward_ms = {name: statistics.median(values) for name, values in samples.items()}
     winner = min(forward_ms, key=forward_ms.__getitem__)
     chosen = backends[winner]
@@ -231,7 +231,7 @@ def measure_profile(
     per_image: dict[int, list[float]] = {b: [] for b in batches}
     for _ in range(batch_repeats):  # interleaved, batch 1 included, so that load during the sweep hits all alike
         for b, batch in batches.items():
-            per_image[b].append(_median_ms(lambda batch=batch: call(chosen, batch), 1) / b)  # type: ignore[misc]
+            per_image[b].append(_time_ms(lambda batch=batch: call(chosen, batch)) / b)  # type: ignore[misc]
     batch_ms = {b: statistics.median(values) for b, values in per_image.items()}
     max_batch = 1
     for batch_size in sorted(batch_ms):
