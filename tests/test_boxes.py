@@ -153,9 +153,9 @@ def test_nms_on_the_crowd_candidates_of_the_reference_protocol(shared, monkeypat
     """The ~2,400 candidates the edge model gives on the crowd photo at score > 0.02, as the Detector passes them."""
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def spy(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    def spy(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float = 0.0) -> torch.Tensor:
         calls.append((boxes, scores))
-        return nms(boxes, scores, iou_threshold)
+        return nms(boxes, scores, iou_threshold, offset)
 
     spec = get_model_spec("retinaface-mnet025-edge")
     network = load_network(spec, WEIGHTS / spec.weights.filename)  # the plain torch backend: nothing to tune
@@ -166,6 +166,32 @@ def test_nms_on_the_crowd_candidates_of_the_reference_protocol(shared, monkeypat
     assert len(boxes) > 2000
     for thr in (0.3, 0.4, 0.5):
         _check(boxes, scores, thr)
+
+
+def _py_cpu_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    """The Pytorch_Retinaface family's NMS written out: inclusive pixels (x2 - x1 + 1), keep while IoU <= thr."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        width = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        height = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = width * height
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= thr]
+    return keep
+
+
+@pytest.mark.parametrize("count", [30, 400, 3000])
+def test_nms_pixel_offset_is_the_originals_inclusive_pixel_nms(count: int) -> None:
+    rng = np.random.default_rng(count)
+    boxes, scores = _clustered(rng, count)
+    boxes = boxes.astype(np.float64) / 8  # small boxes, where the extra pixel decides most often
+    kept = nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4, pixel_offset=1.0).tolist()
+    assert kept == _py_cpu_nms(boxes, scores, 0.4)
+    assert kept != nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4).tolist()
 
 
 def test_box_iou_known_values() -> None:

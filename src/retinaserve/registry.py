@@ -58,6 +58,16 @@ class AnchorSpec:
             raise ValueError("min_sizes and steps need one entry per feature level")
 
 
+ResizeRule = Literal["scale", "size"]
+"""How an original implementation scales a photo to a long side L, which decides its exact outputs.
+
+``"scale"``: ``cv2.resize(img, None, fx=s, fy=s)`` with s = L / long side (Pytorch_Retinaface and
+Face-Detector-1MB-with-landmark ``detect.py``): round(n * s) pixels sampled on the grid of s itself, results divided
+by s. ``"size"``: ``cv2.resize(img, (W, H))`` with the long side L and the short side truncated,
+int(L / long * short) (PyPI retinaface's TF wrapper): sampled on the grid of the sizes, results mapped back per axis.
+"""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """How pixels become the network input: ``(pixel[channel_order] - mean) / std``, padded to ``pad_multiple``."""
@@ -67,6 +77,8 @@ class InputSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pad_multiple: int = 1
     """The network needs H and W to be multiples of this (zero-padded bottom/right)."""
+    resize_rule: ResizeRule = "scale"
+    """How the original implementation sizes a photo to a long side (see :data:`ResizeRule`)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ class ModelSpec:
     aliases: tuple[str, ...] = field(default=())
     data_files: tuple[RemoteFile, ...] = ()
     task: Task = "detection"
+    nms_pixel_offset: float = 0.0
+    """1 where the original's NMS measures boxes as inclusive pixels (x2 - x1 + 1: ``py_cpu_nms``), 0 for plain IoU."""
 
 
 CropRule = Literal["facemesh-rotated", "3ddfa-box"]
@@ -274,6 +288,7 @@ register(
         accuracy=ReportedAccuracy(0.9070, 0.8816, 0.7382, _ORIGINAL_SCALE, "Pytorch_Retinaface README"),
         default_threshold=0.6,
         threshold_evidence="the original repository's detect.py visualisation threshold (vis_thres 0.6)",
+        nms_pixel_offset=1.0,  # py_cpu_nms
         params_millions=0.426,
     )
 )
@@ -282,7 +297,9 @@ register(
     ModelSpec(
         name="retinaface-mnet025-edge",
         description="RetinaFace, MobileNet-0.25 backbone, small-anchor checkpoint for edge devices",
-        build=partial(RetinaFace, RetinaFaceConfig("mobilenet0.25", out_channels=64, slope=0.1, backbone_slope=0.1)),
+        # Face-Detector-1MB-with-landmark's models/net.py has plain ReLU everywhere (Pytorch_Retinaface's has
+        # LeakyReLU 0.1): with ReLU our outputs equal that repository's detect.py (tests/test_reference_parity.py)
+        build=partial(RetinaFace, RetinaFaceConfig("mobilenet0.25", out_channels=64, slope=0.0, backbone_slope=0.0)),
         anchors=AnchorSpec(min_sizes=((10, 20), (32, 64), (128, 256)), steps=(8, 16, 32)),
         input=InputSpec(),
         weights=WeightsSpec(
@@ -295,6 +312,7 @@ register(
         accuracy=ReportedAccuracy(0.873, 0.836, 0.638, _LONG_SIDE_640, "Face-Detector-1MB-with-landmark README"),
         default_threshold=0.9,
         threshold_evidence=f"{_SIX_PEOPLE}: the 6 faces score >= 0.994, the best non-face 0.837",
+        nms_pixel_offset=1.0,  # py_cpu_nms
         params_millions=0.426,
     )
 )
@@ -316,6 +334,7 @@ register(
         default_threshold=0.6,
         threshold_evidence="the original repository's detect.py visualisation threshold (vis_thres 0.6)",
         default_long_side=None,
+        nms_pixel_offset=1.0,  # py_cpu_nms
         params_millions=27.29,
     )
 )
@@ -338,6 +357,7 @@ register(
         default_threshold=0.6,
         threshold_evidence=f"{_SIX_PEOPLE}: the 6 faces score >= 0.991, the best non-face 0.258; "
         "0.6 is the original detect.py visualisation threshold, inside that gap",
+        nms_pixel_offset=1.0,  # py_cpu_nms
         params_millions=0.343,
     )
 )
@@ -360,6 +380,7 @@ register(
         default_threshold=0.6,
         threshold_evidence=f"{_SIX_PEOPLE}: the 6 faces score >= 0.996, the best non-face 0.127; "
         "0.6 is the original detect.py visualisation threshold, inside that gap",
+        nms_pixel_offset=1.0,  # py_cpu_nms
         params_millions=0.360,
     )
 )
@@ -371,7 +392,7 @@ register(
         build=build_retinaface_mnv2,
         anchors=_RETINAFACE_ANCHORS,
         # x / 127.5 - 1 on RGB, as the graph itself computes; the graph needs sides that are multiples of 32
-        input=InputSpec(channel_order="RGB", mean=(127.5,) * 3, std=(127.5,) * 3, pad_multiple=32),
+        input=InputSpec(channel_order="RGB", mean=(127.5,) * 3, std=(127.5,) * 3, pad_multiple=32, resize_rule="size"),
         weights=WeightsSpec(
             filename="model.safetensors",
             sha256=None,  # checked against the sha256 that the conversion wrote in meta.json beside it

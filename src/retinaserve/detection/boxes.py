@@ -46,8 +46,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=torch.finfo(a.dtype).tiny)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, pixel_offset: float = 0.0) -> torch.Tensor:
     """Greedy non-maximum suppression: boxes (K, 4) x1y1x2y2, scores (K,) -> kept indices by falling score.
+
+    ``pixel_offset`` 1 measures widths as x2 - x1 + 1 (the old inclusive-pixel convention of ``py_cpu_nms`` in the
+    Pytorch_Retinaface family, which suppresses small boxes more readily); 0 is the plain geometric IoU.
 
     Exactly the greedy result: boxes ranked by score (ties keep their input order), and a box goes when its IoU
     with a kept, higher-ranked box exceeds ``iou_threshold`` (IoU as ``box_iou`` computes it, compared in the boxes'
@@ -63,6 +66,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
     ranks = order.cpu().numpy()
     ranked = boxes.detach().to("cpu", dtype).numpy()[ranks]
+    if pixel_offset:  # (x2 + 1) - x1 is x2 - x1 + 1: the same IoU, through the same code
+        ranked[:, 2:] += ranked.dtype.type(pixel_offset)
     kept = np.zeros(0, dtype=np.int64)
     start, block = 0, _FIRST_BLOCK
     while start < len(ranked):

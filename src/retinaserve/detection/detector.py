@@ -8,6 +8,7 @@ and cached: :mod:`retinaserve.engine.autotune`); ``backend="torch-baseline"`` is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from ..images import DEFAULT_MAX_PIXELS, ChannelOrder, ImageInput, ReducedImage, load_image, load_image_reduced
 from ..memory import memory_mb, reset_peak_memory
-from ..registry import DEFAULT_MODEL, ModelSpec, get_model_spec
+from ..registry import DEFAULT_MODEL, ModelSpec, ResizeRule, get_model_spec
 from ..weights import load_network
 from .backend import Backend, NetworkBackend
 from .boxes import decode_boxes, decode_landmarks, nms
@@ -51,6 +52,9 @@ class ResizePolicy:
     long_side: int | None = None
     det_size: tuple[int, int] | None = None
     """(width, height) of a fixed network input; the image is scaled to fit and padded bottom/right."""
+    rule: ResizeRule | None = None
+    """How ``long_side`` sizes and samples the image (see :data:`ResizeRule`); None: the model's own rule, which
+    the Detector fills in so that each model reproduces its original implementation."""
 
     def __post_init__(self) -> None:
         if self.long_side is not None and self.det_size is not None:
@@ -74,6 +78,10 @@ class ResizePolicy:
 
     def scaled_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the image after scaling, before any padding."""
+        if self.long_side is not None and self.rule == "size":  # the long side exact, the short one truncated
+            if height >= width:
+                return self.long_side, max(1, int(self.long_side / height * width))
+            return max(1, int(self.long_side / width * height)), self.long_side
         if self.long_side is not None:
             scale = self.long_side / max(height, width)
         elif self.det_size is not None:
@@ -81,6 +89,21 @@ class ResizePolicy:
         else:
             return height, width
         return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def grid_scale(self, height: int, width: int) -> tuple[float, float]:
+        """(y, x) scale of the sampling grid, output over input pixels; also what maps results back.
+
+        Output pixel j samples input point (j + 0.5) / scale - 0.5. Under the "scale" rule that is the long-side
+        scale itself on both axes (``cv2.resize(fx=s, fy=s)``), otherwise the ratio of the sizes per axis."""
+        if self.long_side is not None and self.rule != "size":
+            scale = self.long_side / max(height, width)
+            return scale, scale
+        new_h, new_w = self.scaled_size(height, width)
+        return new_h / height, new_w / width
+
+    def for_model(self, rule: ResizeRule) -> ResizePolicy:
+        """This policy with ``rule`` where it leaves the rule to the model."""
+        return self if self.rule is not None else dataclasses.replace(self, rule=rule)
 
     def padded_size(self, height: int, width: int, multiple: int = 1) -> tuple[int, int]:
         """(height, width) of the network input: the scaled size (or det_size), rounded up to ``multiple``."""
@@ -152,7 +175,9 @@ class Detector:
             raise ValueError(f"device {device!r} differs from the backend's device {backend.device}; give one of them")
         self.threshold = self.spec.default_threshold if threshold is None else threshold
         self.nms_threshold = nms_threshold
-        self.resize = resize if resize is not None else ResizePolicy(long_side=self.spec.default_long_side)
+        self.resize = (resize or ResizePolicy(long_side=self.spec.default_long_side)).for_model(
+            self.spec.input.resize_rule
+        )
         self.top_k = top_k
         self.max_faces = max_faces
         self.max_pixels = max_pixels
@@ -222,7 +247,7 @@ class Detector:
         threshold = self.threshold if threshold is None else threshold
         nms_threshold = self.nms_threshold if nms_threshold is None else nms_threshold
         max_faces = self.max_faces if max_faces is None else max_faces
-        resize = resize or self.resize
+        resize = resize.for_model(self.spec.input.resize_rule) if resize else self.resize
         decode = self.decode if decode is None else _check_decode(decode)
         _check_options(threshold, nms_threshold, self.top_k, max_faces)
 
@@ -310,19 +335,18 @@ class Detector:
         ``pixels`` may be the full image reduced by ``reduction`` (see :class:`ReducedImage`); ``full_size`` is
         then the full (H, W), from which the input size and the scale back to original pixels are computed.
         """
-        resize = resize or self.resize
+        resize = resize.for_model(self.spec.input.resize_rule) if resize else self.resize
         height, width = full_size if full_size is not None else pixels.shape[:2]
         new_h, new_w = resize.scaled_size(height, width)
+        scale_y, scale_x = resize.grid_scale(height, width)
         x = pixels.permute(2, 0, 1)[self._channel_index].float()
-        if reduction != 1:
-            x = _resize_reduced(x, (height, width), (new_h, new_w), reduction)
-        elif (new_h, new_w) != (height, width):
-            x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+        # a pixel of an image reduced by r covers r full pixels, so the grid's scale on it is r times the full one
+        x = _resample(x, (scale_y * reduction, scale_x * reduction), (new_h, new_w))
         pad_h, pad_w = resize.padded_size(height, width, self.spec.input.pad_multiple)
         if (pad_h, pad_w) != (new_h, new_w):
             x = F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
         x = (x - self._mean) * self._inv_std
-        return _Prepared(x.contiguous(), height, width, new_h / height, new_w / width)
+        return _Prepared(x.contiguous(), height, width, scale_y, scale_x)
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -362,7 +386,7 @@ class Detector:
         )
         boxes = decode_boxes(loc[candidates].float(), priors[candidates], variance) * scale.repeat(2)
         points = decode_landmarks(ldm[candidates].float(), priors[candidates], variance) * scale
-        keep = nms(boxes, kept_scores, nms_threshold)
+        keep = nms(boxes, kept_scores, nms_threshold, self.spec.nms_pixel_offset)
         if max_faces is not None:
             keep = keep[:max_faces]
         boxes_list = boxes[keep].tolist()
@@ -406,29 +430,13 @@ def _host_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image if image.flags.writeable else image.copy())
 
 
-def _resize_reduced(
-    x: torch.Tensor, full_size: tuple[int, int], new_size: tuple[int, int], reduction: int
-) -> torch.Tensor:
-    """Bilinear resize of (C, ceil(H / r), ceil(W / r)) pixels of an (H, W) image, reduced by r = ``reduction``,
-    to (C, new_h, new_w) on the full image's sampling grid: each output pixel samples the point that a resize of
-    the full image to ``new_size`` samples, so results map back with new / full exactly as on the exact path."""
-    scales = [
-        _reduced_scale(stored, full, new, reduction) for stored, full, new in zip(x.shape[1:], full_size, new_size)
-    ]
-    if scales == [1.0, 1.0] and tuple(x.shape[1:]) == new_size:
+def _resample(x: torch.Tensor, scales: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (C, h, w) to (C, *size), output pixel j sampling input (j + 0.5) / scale - 0.5 (clamped
+    at the edges), as ``cv2.resize`` INTER_LINEAR does for the same scale. The output size and the grid are given
+    apart, which ``F.interpolate`` cannot do: the ATen op it calls can."""
+    if scales == (1.0, 1.0) and tuple(x.shape[1:]) == size:
         return x
-    x = F.interpolate(x[None], scale_factor=scales, mode="bilinear", align_corners=False, recompute_scale_factor=False)
-    return x[0, :, : new_size[0], : new_size[1]]
-
-
-def _reduced_scale(stored: int, full: int, new: int, reduction: int) -> float:
-    """The interpolation scale that maps ``stored`` = ceil(full / reduction) pixels onto the grid of ``new``
-    pixels spanning ``full``; the output (floor(stored * scale) pixels) is at least ``new`` long, and the
-    partial last pixel, if any, is cropped off."""
-    scale = new * reduction / full
-    while math.floor(stored * scale) < new:  # stored * reduction >= full: only rounding can fall short
-        scale = math.nextafter(scale, math.inf)
-    return scale
+    return torch.ops.aten.upsample_bilinear2d.default(x[None], list(size), False, scales[0], scales[1])[0]
 
 
 def _check_decode(decode: str) -> DecodeMode:
