@@ -79,7 +79,7 @@ def crowd_candidates(image: Path, weights: Path, long_side: int) -> tuple[torch.
     detector = Detector(MODEL, backend=backend, threshold=0.02, resize=ResizePolicy(long_side=long_side))
     with mock.patch.object(detector_module, "nms", wraps=nms) as spy:
         detector.detect(image)
-    boxes, scores, _ = spy.call_args.args
+    boxes, scores = spy.call_args.args[:2]
     return boxes, scores
 
 
