@@ -11,7 +11,9 @@ def add_eval_parser(sub: Any) -> None:
     from .cli_faces import add_faces_parser
     from .cli_widerface import add_widerface_parser
 
-    parser: argparse.ArgumentParser = sub.add_parser("eval", help="measure accuracy: WIDER FACE val, or any annotated folder")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "eval", help="measure accuracy: WIDER FACE val, or any annotated folder"
+    )
     protocols = parser.add_subparsers(dest="eval_command", required=True)
     add_widerface_parser(protocols)
     add_faces_parser(protocols)
