@@ -1,6 +1,7 @@
 """Median end-to-end latency per image of each model with available weights (decode -> faces), per stage.
 
     python benchmarks/detect_latency.py --images ../shared/images --long-side 640 --repeats 20 --json out/latency.json
+    python benchmarks/detect_latency.py --images ../shared/images --device cuda --json out/latency_cuda.json
 
 Prints a table (median ms per stage and total, images/s) and writes JSON. Not part of the test suite.
 """
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--long-side", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -33,7 +35,7 @@ def main() -> None:
     rows = []
     for name in args.models or list_models():
         try:
-            detector = Detector(name, resize=ResizePolicy(long_side=args.long_side))
+            detector = Detector(name, resize=ResizePolicy(long_side=args.long_side), device=args.device)
         except RetinaServeError as exc:
             print(f"skip {name}: {exc}")
             continue
@@ -50,6 +52,8 @@ def main() -> None:
                     stages.setdefault(stage, []).append(ms)
         row = {
             "model": name,
+            "device": str(detector.device),
+            "backend": detector.backend.name,
             "long_side": args.long_side,
             "images": [p.name for p in paths],
             "p50_ms": statistics.median(walls),
@@ -62,9 +66,10 @@ def main() -> None:
     print(f"machine: {machine_description()}")
     print(f"long side {args.long_side}; {len(paths)} photos x {args.repeats} repeats; medians in ms")
     stage_names = ("decode", "copy", "preprocess", "forward", "postprocess")
-    print(" | ".join(["model", *stage_names, "p50 total", "p90 total", "img/s"]))
+    print(" | ".join(["model", "backend", *stage_names, "p50 total", "p90 total", "img/s"]))
     for r in rows:
-        cells = [r["model"]] + [f"{r.get(f'{stage}_p50_ms', float('nan')):.1f}" for stage in stage_names]
+        cells = [r["model"], f"{r['backend']} ({r['device']})"]
+        cells += [f"{r.get(f'{stage}_p50_ms', float('nan')):.1f}" for stage in stage_names]
         cells += [f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['images_per_s']:.1f}"]
         print(" | ".join(cells))
     if args.json:

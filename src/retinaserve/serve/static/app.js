@@ -51,17 +51,19 @@ function draw(bitmap, result, landmarks) {
   const fontSize = Math.max(10, 6 * line + 6);
   ctx.font = `${fontSize}px sans-serif`;
   ctx.textBaseline = "bottom";
-  for (const face of result.faces) {
+  result.faces.forEach((face, index) => {
     const [x1, y1, x2, y2] = [face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy];
     ctx.lineWidth = line;
     ctx.strokeStyle = BOX;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    const label = face.score.toFixed(2);
+    const label = `#${index + 1} ${face.score.toFixed(3)}`;  // the row number and score of the faces table
     const width = ctx.measureText(label).width + 2 * line;
+    const height = fontSize + 2 * line;
+    const top = y1 >= height ? y1 - height : y1;  // above the box, or inside it at the picture's top edge
     ctx.fillStyle = BOX;
-    ctx.fillRect(x1, y1 - fontSize - 2 * line, width, fontSize + 2 * line);
+    ctx.fillRect(x1, top, width, height);
     ctx.fillStyle = "#000";
-    ctx.fillText(label, x1 + line, y1 - line);
+    ctx.fillText(label, x1 + line, top + height - line);
     if (landmarks && face.landmarks) {
       const radius = Math.max(1.5, Math.min(x2 - x1, y2 - y1) / 40, line);
       for (const [name, point] of Object.entries(face.landmarks)) {
@@ -71,7 +73,7 @@ function draw(bitmap, result, landmarks) {
         ctx.fill();
       }
     }
-  }
+  });
 }
 
 function fillTables(result) {
@@ -79,6 +81,10 @@ function fillTables(result) {
   timings.replaceChildren(...Object.entries(result.timings_ms).map(([stage, ms]) => row([stage, ms.toFixed(1)])));
   const faces = $("faces").querySelector("tbody");
   faces.replaceChildren(...result.faces.map((f, i) => row([i + 1, f.score.toFixed(3), f.box.map((v) => v.toFixed(0)).join(", ")])));
+}
+
+function plural(count, noun) {
+  return `${count} ${count === 1 ? noun : `${noun}s`}`;
 }
 
 function row(cells) {
@@ -139,7 +145,7 @@ async function beautify() {
   $("after-strength").textContent = Number(strength).toFixed(2);
   $("beauty").hidden = false;
   $("beauty").dataset.done = "true";
-  $("status").textContent = `Beautified ${response.headers.get("X-Faces")} faces`;
+  $("status").textContent = `Beautified ${plural(Number(response.headers.get("X-Faces")), "face")}`;
 }
 
 function handleFiles(files) {
