@@ -218,3 +218,23 @@ def test_cache_paths_carry_every_input(tmp_path: Path) -> None:
     a = onnx_cache_path("m", "ab" * 32, "int8", opset=17, extra=Int8Options().tag(), root=tmp_path)
     b = onnx_cache_path("m", "ab" * 32, "int8", opset=18, extra=Int8Options(per_channel=False).tag(), root=tmp_path)
     assert a != b and a.parent == b.parent and "opset17" in a.name and "pc-minmax" in a.name
+
+
+def test_exported_files_are_keyed_by_the_architecture_too() -> None:
+    """The same checkpoint through a network whose code changed (LeakyReLU -> ReLU) must not reuse the ONNX file
+    or the backend profile exported from the old network."""
+    from dataclasses import replace
+
+    from retinaserve.engine.factory import EngineConfig, _network
+    from retinaserve.registry import get_model_spec
+
+    from ..conftest import WEIGHTS
+
+    edge = get_model_spec("retinaface-mnet025-edge")
+    leaky = replace(edge, build=get_model_spec("retinaface-mnet025").build)  # same keys, LeakyReLU 0.1
+    weights = WEIGHTS / edge.weights.filename
+    config = EngineConfig()
+    _, relu_id = _network(edge, config, weights, False)
+    _, leaky_id = _network(leaky, config, weights, False)
+    assert relu_id[:16] != leaky_id[:16]  # the cache folder name
+    assert _network(edge, config, weights, False)[1] == relu_id

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -156,12 +157,16 @@ def resolve_engine(
 
 
 def _network(spec: AnySpec, config: EngineConfig, weights: str | Path | None, download: bool) -> tuple[nn.Module, str]:
-    """The FP32 CPU network and an id of its weights (sha256, or ``random-seed0``)."""
+    """The FP32 CPU network and the id that keys its exported files and profiles: sha256 of the weights (or
+    ``random-seed0``) and of the architecture, so that a change to the network's code (an activation, a layer)
+    never reuses a file exported from the old one."""
     if config.random_weights:
         torch.manual_seed(0)
-        return spec.build().eval(), "random-seed0"
-    resolved = resolve_weights(spec, weights, download=download)
-    return load_network(spec, resolved.path), sha256_file(resolved.path)
+        network, weights_id = spec.build().eval(), "random-seed0"
+    else:
+        resolved = resolve_weights(spec, weights, download=download)
+        network, weights_id = load_network(spec, resolved.path), sha256_file(resolved.path)
+    return network, hashlib.sha256(f"{weights_id}|{network!r}".encode()).hexdigest()
 
 
 def _calibration_reader(spec: ModelSpec, network: nn.Module, config: EngineConfig) -> PhotoCalibrationReader:
