@@ -12,9 +12,13 @@ from PIL import Image
 
 from retinaserve import Detector, Face, ImageResult, InvalidImageError, ResizePolicy, load_image
 from retinaserve.engine.parity import match_faces
+from retinaserve.evaluation.annotations import load_annotations
+from retinaserve.evaluation.faces import ImageDetections, evaluate_detections
 from retinaserve.images import ReducedImage, load_image_reduced
 
 from .conftest import ASTRONAUT, CROWD, GRACE_HOPPER, SIX_PEOPLE
+
+ANNOTATIONS = Path(__file__).parent / "data/faces/shared_photos.json"
 
 MODEL = "retinaface-mnet025-edge"
 BACKEND = "torch-baseline"
@@ -176,13 +180,21 @@ def test_fast_and_exact_find_the_same_faces(
 
 
 def test_fast_on_a_crowd_changes_only_borderline_faces(detector: Detector) -> None:
-    """The crowd's tiny faces sit near the threshold: measured 36 of 38 / 37 matched, median shift 0.5 network px
-    (the largest, 4.9 px, on a 30 px face) -- within what any other resize filter changes."""
+    """The crowd's tiny faces sit near the threshold: measured at 0.65, 122 matched of 133 exact / 129 fast faces,
+    median shift under 1 network px. Against the hand annotations the fast decode is no worse: AP 0.792 vs 0.772
+    exact, recall 0.590 vs 0.612 (tests/data/faces)."""
     exact = detector.run([CROWD], resize=LONG_640, decode="exact")[0]
     fast = detector.run([CROWD], resize=LONG_640, decode="fast")[0]
     share, n_exact, n_fast, shifts, _ = _compare(exact, fast, detector.threshold, LONG_640)
-    assert share >= 0.9 and abs(n_exact - n_fast) <= 3 and n_exact >= 30
+    assert share >= 0.9 and abs(n_exact - n_fast) <= 0.05 * n_exact and n_exact >= 100
     assert float(np.median(shifts)) <= 1.0
+    crowd = next(i for i in load_annotations(ANNOTATIONS, CROWD.parent) if i.path.name == CROWD.name)
+    scores = {}
+    for name in ("exact", "fast"):
+        low = detector.run([CROWD], resize=LONG_640, decode=name, threshold=0.02)[0]  # type: ignore[arg-type]
+        row = evaluate_detections([crowd], [ImageDetections.from_faces(low.faces)], threshold=detector.threshold)
+        scores[name] = (row.ap, row.recall)
+    assert scores["fast"][0] >= scores["exact"][0] - 0.01 and scores["fast"][1] >= scores["exact"][1] - 0.03
 
 
 def test_png_arrays_and_pil_images_are_unaffected(detector: Detector, shared: Path) -> None:
