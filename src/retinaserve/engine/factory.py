@@ -439,6 +439,31 @@ def create_detector(
     return detector
 
 
+def detector_for(
+    model: str,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    device: str = "cpu",
+    weights: str | Path | None = None,
+    calibration_photos: Sequence[Path] = (),
+    download: bool | None = None,
+    **detector_options: Any,
+) -> Detector:
+    """What the command line builds from its flags (``detect``, ``eval``): FP32 through the Detector itself
+    (``auto`` picks by measurement, ``torch-baseline`` is the eager reference), other precisions through the engine
+    (INT8 calibrated on ``calibration_photos``)."""
+    if precision == "fp32":
+        return Detector(model, weights=weights, device=device, backend=backend, download=download, **detector_options)
+    config = EngineConfig(
+        backend=cast(Any, backend),
+        precision=cast(Any, precision),
+        device=device,
+        calibration_photos=tuple(calibration_photos) if precision == "int8" else (),
+    )
+    return create_detector(model, config, weights=weights, download=download, **detector_options)
+
+
 def photos_in(paths: Sequence[str | Path]) -> tuple[Path, ...]:
     """Image files among ``paths`` (directories expand to the images they hold, sorted)."""
     from ..images import IMAGE_SUFFIXES

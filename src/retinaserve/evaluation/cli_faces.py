@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli import iou_threshold, resize_policy, score_threshold
 from ..errors import InvalidImageError, RetinaServeError
 from ..tables import format_table
 from .annotations import AnnotatedImage, AnnotationError
@@ -63,29 +64,6 @@ def _models(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _resize(text: str) -> ResizePolicy:
-    from ..detection import ResizePolicy
-
-    try:
-        return ResizePolicy.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in (0, 1], got {text}")
-    return value
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {text}")
-    return value
-
-
 def add_faces_parser(protocols: Any) -> None:
     """Adds ``faces`` to the ``eval`` protocols (an argparse subparsers object)."""
     from ..registry import DEFAULT_MODEL
@@ -118,13 +96,15 @@ def add_faces_parser(protocols: Any) -> None:
         "(default auto/fp32); int8 calibrates on the evaluated images, which flatters it",
     )
     parser.add_argument(
-        "--iou", type=_fraction, default=0.5, help="IoU for a detection to hit a face (default 0.5; lower for .pts)"
+        "--iou", type=iou_threshold, default=0.5, help="IoU for a detection to hit a face (default 0.5; lower for .pts)"
     )
     parser.add_argument(
-        "--threshold", type=_threshold, help="score threshold for precision, recall and NME (default: each model's)"
+        "--threshold",
+        type=score_threshold,
+        help="score threshold for precision, recall and NME (default: each model's)",
     )
     parser.add_argument(
-        "--resize", type=_resize, help="original, N (long side) or WxH (letterbox); default: each model's own"
+        "--resize", type=resize_policy, help="original, N (long side) or WxH (letterbox); default: each model's own"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--json", type=Path, help='write {"rows": [...]} with every metric and the CED curves')
@@ -145,22 +125,20 @@ def build_detector(
     device: str = "cpu",
     download: bool | None = None,
 ) -> Detector:
-    """A Detector for ``model`` on ``variant`` (``backend/precision``), built as ``retinaserve detect`` builds it:
-    FP32 through the Detector, other precisions through the engine (INT8 calibrated on ``calibration``)."""
-    from ..detection import Detector
+    """A Detector for ``model`` on ``variant`` (``backend/precision``), built as ``retinaserve detect`` builds it
+    (INT8 calibrated on ``calibration``)."""
+    from ..engine.factory import detector_for
 
     backend, precision = variant.split("/")
-    if precision == "fp32":
-        return Detector(model, backend=backend, device=device, download=download, resize=resize)
-    from ..engine import EngineConfig, create_detector
-
-    config = EngineConfig(
-        backend=backend,  # type: ignore[arg-type]
-        precision=precision,  # type: ignore[arg-type]
+    return detector_for(
+        model,
+        backend=backend,
+        precision=precision,
         device=device,
-        calibration_photos=tuple(calibration) if precision == "int8" else (),
+        calibration_photos=calibration,
+        download=download,
+        resize=resize,
     )
-    return create_detector(model, config, download=download, resize=resize)
 
 
 def cmd_faces(args: argparse.Namespace) -> int:

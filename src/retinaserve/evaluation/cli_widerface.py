@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli import resize_policy
 from ..tables import format_table
 from .widerface import GT_FILES, SETTINGS, WIDER_NMS, WIDER_THRESHOLD
 
@@ -72,7 +73,7 @@ def add_widerface_parser(protocols: Any) -> None:
     )
     parser.add_argument(
         "--resize",
-        type=_resize,
+        type=resize_policy,
         help="original, N (long side) or WxH (letterbox); default: the protocol the model's reported AP used",
     )
     parser.add_argument("--out", type=Path, default=Path("wider_eval"), help="folder for the PNG and JSON")
@@ -82,15 +83,6 @@ def add_widerface_parser(protocols: Any) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_widerface)
-
-
-def _resize(text: str) -> ResizePolicy:
-    from ..detection import ResizePolicy
-
-    try:
-        return ResizePolicy.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def protocol_resize(spec: ModelSpec) -> ResizePolicy:
@@ -134,33 +126,25 @@ def wider_cache_dir(model: str, variant: str, resize: ResizePolicy, weights: Pat
 
 
 def _build_detector(args: argparse.Namespace, model: str, resize: ResizePolicy) -> Detector:
-    """As ``retinaserve detect`` builds it: the Detector for FP32, the engine otherwise."""
-    options: dict[str, Any] = {
-        "threshold": WIDER_THRESHOLD,
-        "nms_threshold": WIDER_NMS,
-        "resize": resize,
-        "top_k": WIDER_TOP_K,
-        "decode": "exact",
-    }
-    download = True if args.download else None
-    if args.precision == "fp32":
-        from ..detection import Detector
-
-        return Detector(
-            model, weights=args.weights, device=args.device, backend=args.backend, download=download, **options
-        )
-    from ..engine import EngineConfig, create_detector
-    from ..engine.factory import photos_in
+    """As ``retinaserve detect`` builds it, at the original test_widerface.py's threshold and NMS."""
+    from ..engine.factory import detector_for, photos_in
 
     if args.precision == "int8" and not args.calibration:
         raise ValueError("INT8 needs --calibration photos (not the WIDER val images it is scored on)")
-    config = EngineConfig(
+    return detector_for(
+        model,
         backend=args.backend,
         precision=args.precision,
         device=args.device,
+        weights=args.weights,
         calibration_photos=photos_in(args.calibration) if args.precision == "int8" else (),
+        download=True if args.download else None,
+        threshold=WIDER_THRESHOLD,
+        nms_threshold=WIDER_NMS,
+        resize=resize,
+        top_k=WIDER_TOP_K,
+        decode="exact",
     )
-    return create_detector(model, config, weights=args.weights, download=download, **options)
 
 
 def _ground_truth_dir(args: argparse.Namespace) -> Path:
