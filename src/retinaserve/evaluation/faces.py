@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from ..detection.boxes import box_iou as detection_box_iou
 from .annotations import AnnotatedImage, five_from_68
 
 if TYPE_CHECKING:
@@ -110,14 +112,10 @@ class FaceEvalRow:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pair: ``a`` (N, 4), ``b`` (M, 4) x1y1x2y2 -> (N, M)."""
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    """IoU of every pair: ``a`` (N, 4), ``b`` (M, 4) x1y1x2y2 -> (N, M), in float64 (the Detector's ``box_iou``)."""
+    return detection_box_iou(
+        torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))
+    ).numpy()
 
 
 def match_detections(
