@@ -131,11 +131,12 @@ class _Biubug6Original:
         torch.set_grad_enabled(False)
         if torchvision_dir:
             _import_torchvision_modules(torchvision_dir)
-        from data import cfg_mnet
         from layers.functions.prior_box import PriorBox
         from models.retinaface import RetinaFace
         from utils.box_utils import decode, decode_landm
         from utils.nms.py_cpu_nms import py_cpu_nms
+
+        from data import cfg_mnet
 
         self.cv2, self.torch, self.PriorBox = cv2, torch, PriorBox
         self.decode, self.decode_landm, self.py_cpu_nms = decode, decode_landm, py_cpu_nms
