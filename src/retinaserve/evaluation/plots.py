@@ -34,7 +34,9 @@ def save_curves(
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise MatplotlibMissing("PNG curves need matplotlib: pip install 'retinaserve[bench]'") from exc
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    crowded = max(len(series) for series in panels.values()) > 6  # the legend goes beside the last panel
+    width = 4.2 * len(panels) + (3.6 if crowded else 0.0)
+    figure, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items()):
         for label, (x, y) in series.items():
             ax.plot(np.asarray(x), np.asarray(y), label=label, linewidth=1.6)
@@ -44,7 +46,10 @@ def save_curves(
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left" if ylabel.lower().startswith("precision") else "lower right")
+        if not crowded:
+            ax.legend(fontsize=8, loc="lower left" if ylabel.lower().startswith("precision") else "lower right")
+    if crowded:
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
