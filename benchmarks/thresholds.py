@@ -59,12 +59,16 @@ def small_copies(images: list[AnnotatedImage], out_dir: Path) -> list[AnnotatedI
     return copies
 
 
-def sweep(detector: Detector, images: list[AnnotatedImage], resize: ResizePolicy) -> dict:
-    """One run at 0.02, then every threshold: AP, and precision / recall / F1 / NME per threshold."""
-    found = [
+def detect(detector: Detector, images: list[AnnotatedImage], resize: ResizePolicy) -> list[ImageDetections]:
+    """One run per image at score > 0.02."""
+    return [
         ImageDetections.from_faces(detector.run([image.path], threshold=0.02, resize=resize, decode="exact")[0].faces)
         for image in images
     ]
+
+
+def sweep(images: list[AnnotatedImage], found: list[ImageDetections], resize: ResizePolicy) -> dict:
+    """Every threshold applied to detections made once: AP, and precision / recall / F1 / NME per threshold."""
     rows = threshold_sweep(images, found)
     return {
         "ap": rows[0].ap,
@@ -102,22 +106,22 @@ def main() -> None:
     os.environ.setdefault("RETINASERVE_WEIGHTS_DIR", str(SHARED / "weights"))
     images = load_annotations(args.annotations, args.images)
     small = small_copies(images, args.work)
-    per_photo = {image.path.name: [image] for image in images}
     results: dict = {"photos": {i.path.name: int((~i.ignore).sum()) for i in images}, "models": {}}
     summary, small_rows, photo_rows = [], [], []
     for model in args.models.split(","):
         spec = get_model_spec(model)
         detector = Detector(model, backend="torch-baseline", decode="exact")
         default = ResizePolicy(long_side=spec.default_long_side)
-        everything = sweep(detector, images, default)
-        photos = {name: sweep(detector, group, default) for name, group in per_photo.items()}
+        found = detect(detector, images, default)  # once per photo: the folder and each photo are scored on it
+        everything = sweep(images, found, default)
+        photos = {image.path.name: sweep([image], [one], default) for image, one in zip(images, found)}
         macro = macro_f1([result.pop("rows") for result in photos.values()]).tolist()
         picked = THRESHOLDS.index(pick_threshold(np.array(macro)))
         everything.pop("rows")
         chosen = everything["by_threshold"][picked]
         current = at(everything["by_threshold"], spec.default_threshold)
-        upscaled = sweep(detector, small, ResizePolicy(long_side=640))
-        own_size = sweep(detector, small, ResizePolicy())
+        upscaled = sweep(small, detect(detector, small, ResizePolicy(long_side=640)), ResizePolicy(long_side=640))
+        own_size = sweep(small, detect(detector, small, ResizePolicy()), ResizePolicy())
         for result in (upscaled, own_size):
             result.pop("rows")
         results["models"][model] = {

@@ -82,10 +82,11 @@ _ORIGINALS = {
     # PyPI retinaface's predict: cv2.resize to (L, int(L / long * short)), padding to 32, the graph's NMS
     "retinaface_pypi_predict.json": 0.5,
 }
+_REFERENCES = {name: json.loads((_DATA / name).read_text()) for name in _ORIGINALS}
 _RUNS = [
-    (run, cutoff, json.loads((_DATA / name).read_text())["protocol"])
+    (run, cutoff, _REFERENCES[name]["protocol"])
     for name, cutoff in _ORIGINALS.items()
-    for run in json.loads((_DATA / name).read_text())["runs"]
+    for run in _REFERENCES[name]["runs"]
 ]
 
 
