@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from retinaserve.detection import Detector, ImageResult
 from retinaserve.serve import ServeSettings, create_app
 from retinaserve.serve.inference import build_detector
+from retinaserve.serve.server import server_for
 
 from ..conftest import SIX_PEOPLE, WEIGHTS
 
@@ -101,12 +102,13 @@ def headless_chromium(*flags: str, window: str) -> Iterator[Any]:
 
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Run ``app`` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL and server."""
+    """Run ``app`` under a real uvicorn on 127.0.0.1 (a free port) in a thread, as ``retinaserve serve`` runs it
+    (its connection limits and draining shutdown); yields its base URL and server."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+    server = server_for(app, app.state.settings, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

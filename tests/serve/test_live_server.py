@@ -1,5 +1,8 @@
 """A real uvicorn server on a loopback port: concurrent requests are batched (seen in the batch-size metric),
-batching can be turned off, a full queue answers 429, slow work 504, and shutdown finishes in-flight requests."""
+batching can be turned off, a full queue answers 429, slow work 504, and shutdown finishes in-flight requests.
+
+Admission by cost (tests/serve/test_overload.py) would refuse most of a burst; the tests of the queue itself turn
+it off with a long ``max_queue_delay_ms``."""
 
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from retinaserve.serve import create_app
 
 from .conftest import live_server, settings, slow_app
 
+NO_ADMISSION = {"max_queue_delay_ms": 60_000}
+"""Admit whatever the count-based queue takes."""
+
 
 def batch_metrics(base: str) -> tuple[float, float]:
     """(number of model calls, images in them) from the server's /metrics."""
@@ -32,7 +38,7 @@ async def post_many(url: str, body: bytes, n: int, **kwargs: Any) -> list[httpx2
 
 
 def test_concurrent_requests_are_batched(shared: object, six_people_bytes: bytes) -> None:
-    app = create_app(settings(max_batch=8, max_wait_ms=50))
+    app = create_app(settings(max_batch=8, max_wait_ms=50, **NO_ADMISSION))
     with live_server(app) as (base, _):
         responses = asyncio.run(post_many(f"{base}/v1/detect", six_people_bytes, 16))
         assert [r.status_code for r in responses] == [200] * 16
@@ -45,14 +51,14 @@ def test_concurrent_requests_are_batched(shared: object, six_people_bytes: bytes
 
 
 def test_batching_off_runs_one_image_per_call(shared: object, six_people_bytes: bytes) -> None:
-    with live_server(create_app(settings(max_batch=1))) as (base, _):
+    with live_server(create_app(settings(max_batch=1, **NO_ADMISSION))) as (base, _):
         responses = asyncio.run(post_many(f"{base}/v1/detect", six_people_bytes, 8))
         assert all(r.status_code == 200 and r.headers["X-Batch-Size"] == "1" for r in responses)
         assert batch_metrics(base) == (8.0, 8.0)
 
 
 def test_full_queue_answers_429_with_retry_after(shared: object, six_people_bytes: bytes) -> None:
-    with live_server(slow_app(0.3, max_batch=1, max_queue=2)) as (base, _):
+    with live_server(slow_app(0.3, max_batch=1, max_queue=2, **NO_ADMISSION)) as (base, _):
         responses = asyncio.run(post_many(f"{base}/v1/detect", six_people_bytes, 10))
         statuses = sorted(r.status_code for r in responses)
         assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
@@ -64,7 +70,7 @@ def test_full_queue_answers_429_with_retry_after(shared: object, six_people_byte
 
 def test_pixel_budget_bounds_decoded_images_in_flight(shared: object, six_people_bytes: bytes) -> None:
     # six_people is 1.13 Mpx: with a 2 Mpx budget only one can be decoded, queued or running at a time
-    with live_server(slow_app(0.4, max_pixels=2_000_000, max_pixels_in_flight=2_000_000)) as (base, _):
+    with live_server(slow_app(0.4, max_pixels=2_000_000, max_pixels_in_flight=2_000_000, **NO_ADMISSION)) as (base, _):
         responses = asyncio.run(post_many(f"{base}/v1/detect", six_people_bytes, 3))
         statuses = sorted(r.status_code for r in responses)
         assert statuses[0] == 200 and 429 in statuses, statuses
@@ -73,14 +79,18 @@ def test_pixel_budget_bounds_decoded_images_in_flight(shared: object, six_people
 
 
 def test_slow_work_times_out_with_504(shared: object, six_people_bytes: bytes) -> None:
-    with live_server(slow_app(0.6, request_timeout_s=0.2)) as (base, _):
+    # the cost model measures the detector at start-up and refuses what cannot fit (413, 429), so a 504 needs a
+    # detector that slows down after it was measured
+    app = slow_app(0.0, request_timeout_s=0.3)
+    with live_server(app) as (base, _):
+        app.state.service.detector.delay_s = 0.6
         response = httpx2.post(f"{base}/v1/detect", content=six_people_bytes, timeout=30)
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
         assert httpx2.get(f"{base}/healthz").status_code == 200
 
 
 def test_shutdown_finishes_in_flight_requests(shared: object, six_people_bytes: bytes) -> None:
-    app = slow_app(0.5, max_batch=2, max_wait_ms=1)
+    app = slow_app(0.5, max_batch=2, max_wait_ms=1, **NO_ADMISSION)
     with live_server(app) as (base, server), ThreadPoolExecutor(4) as pool:
         futures = [
             pool.submit(httpx2.post, f"{base}/v1/detect", content=six_people_bytes, timeout=30) for _ in range(4)

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .errors import install_error_handlers
+from .guard import Drain, RequestGuard
 from .inference import DetectionService, DetectorLike, build_detector
 from .jobs import JobStore
 from .metrics import MetricsMiddleware, ServiceMetrics
@@ -99,6 +100,7 @@ def create_app(
         max_result_bytes=int(settings.max_job_result_mb * 1024 * 1024),
     )
     app.state.job_tasks = set()
+    app.state.drain = Drain()
     install_error_handlers(app)
     for module in (health, detect, beautify, reconstruct, jobs, models, metrics):
         app.include_router(module.router)
@@ -108,5 +110,11 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+    app.add_middleware(
+        RequestGuard,
+        drain=app.state.drain,
+        body_timeout_s=settings.body_timeout_s,
+        on_disconnect=service_metrics.rejected.labels("client_disconnected").inc,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)  # outermost: it counts the guard's answers too
     return app

@@ -10,6 +10,7 @@ feathering in C++; in numpy they would be orders of magnitude slower.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,9 +107,12 @@ def _smooth(roi: np.ndarray, face_size: float, strength: float) -> np.ndarray:
     return smoothed
 
 
-def beautify(image: np.ndarray, faces: Sequence[Face], *, strength: float = 0.6) -> np.ndarray:
+def beautify(
+    image: np.ndarray, faces: Sequence[Face], *, strength: float = 0.6, deadline: float | None = None
+) -> np.ndarray:
     """(H, W, 3) uint8 -> a smoothed copy: skin inside each face softened by ``strength`` (0 = unchanged, 1 =
-    fully filtered); pixels outside the faces are unchanged."""
+    fully filtered); pixels outside the faces are unchanged. TimeoutError when ``deadline`` (``time.monotonic``)
+    passes between two faces, so an abandoned render stops instead of holding its thread."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     out = np.array(image, dtype=np.uint8, copy=True)
@@ -116,6 +120,8 @@ def beautify(image: np.ndarray, faces: Sequence[Face], *, strength: float = 0.6)
         return out
     height, width = out.shape[:2]
     for face in faces:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"smoothing stopped at its deadline after some of {len(faces)} faces")
         region = face_region(face, height, width)
         x0, y0, x1, y1 = region.roi
         if x1 - x0 < 4 or y1 - y0 < 4:

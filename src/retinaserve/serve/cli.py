@@ -40,7 +40,21 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill up (default 5)")
     serve.add_argument("--max-queue", type=int, help="images waiting before requests get 429 (default 64)")
-    serve.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout, s (default 30)")
+    serve.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        help="admit a request only while the engine work ahead of it is this short, else 429 (default 0: two batches)",
+    )
+    serve.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request deadline, s (default 30)")
+    serve.add_argument(
+        "--header-timeout", type=float, dest="header_timeout_s", help="seconds to send a request head (default 10)"
+    )
+    serve.add_argument("--body-timeout", type=float, dest="body_timeout_s", help="seconds to send a body (default 60)")
+    serve.add_argument("--keep-alive", type=float, dest="keep_alive_s", help="idle keep-alive seconds (default 5)")
+    serve.add_argument("--max-connections", type=int, help="open connections at once (default 1024)")
+    serve.add_argument(
+        "--graceful-shutdown", type=float, dest="graceful_shutdown_s", help="seconds to drain on SIGTERM (default 30)"
+    )
     serve.add_argument("--max-upload-mb", type=float, help="largest upload in MiB (default 10)")
     serve.add_argument("--max-pixels", type=int, help="largest image, width x height (default 25000000)")
     serve.add_argument(
@@ -75,7 +89,13 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             "max_batch",
             "max_wait_ms",
             "max_queue",
+            "max_queue_delay_ms",
             "request_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "keep_alive_s",
+            "max_connections",
+            "graceful_shutdown_s",
             "max_pixels",
             "api_keys",
             "warmup",
@@ -101,9 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .inference import ServeConfigError, preflight
 
     try:
-        import uvicorn
-
         from .app import create_app
+        from .server import server_for
     except ImportError as exc:
         raise ServeConfigError(
             f"the HTTP service needs the 'serve' extra ({exc.name} is missing): pip install 'retinaserve[serve]'"
@@ -117,12 +136,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     limit_heap_arenas(2)  # before uvicorn and the batcher start their threads
     tune_allocator()  # torch's CPU paths would fault their activations in afresh on every call
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        access_log=args.log_level == "debug",
-    )
+    server = server_for(app, settings, log_level=args.log_level, access_log=args.log_level == "debug")
+    server.run()  # returns after a signal and a graceful drain (the signal is not re-raised: exit status 0)
     return 0

@@ -3,12 +3,16 @@ detection service that the routes call (the model code never sees HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -16,12 +20,15 @@ from ..detection import ImageResult, ResizePolicy
 from ..errors import RetinaServeError
 from ..images import ReducedImage, TargetSize
 from ..memory import trim_heap
+from .admission import LOW_THRESHOLD, CostModel, EngineAdmission, Ticket, network_pixels
 from .batching import Batcher, BatchStats, QueueFullError
 from .settings import ServeSettings
 
 __all__ = ["DetectOptions", "Detection", "DetectionService", "DetectorLike", "ServeConfigError", "build_detector"]
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 _TRIM_AFTER_BYTES = 12_000_000
 """Decoded pixels in one batch (bytes, ~4 Mpx RGB) above which freed memory is handed back to the OS."""
@@ -71,6 +78,8 @@ class Detection:
 class _Job:
     image: np.ndarray | ReducedImage  # (H, W, 3) uint8 RGB (or reduced, with its full size), decoded and checked
     options: DetectOptions
+    pixels: int
+    """Network input pixels, for learning the engine's cost per pixel."""
 
 
 def build_detector(settings: ServeSettings) -> DetectorLike:
@@ -185,6 +194,9 @@ class DetectionService:
         self._detector: DetectorLike | None = None
         self.ready = False
         self.pixels_in_flight = 0
+        self.costs = CostModel()
+        self.admission = EngineAdmission(self.costs, self.target_wait_s)
+        self.workers: ThreadPoolExecutor | None = None
         self.batcher: Batcher[_Job, Detection] = Batcher(
             self._run_batch,
             max_batch_size=settings.max_batch or 8,
@@ -219,6 +231,7 @@ class DetectionService:
 
     def _run_batch(self, jobs: list[_Job]) -> list[Detection]:
         options = jobs[0].options  # the batcher groups by options, so they are equal within a call
+        start = time.perf_counter()
         results = self.detector.run(
             [job.image for job in jobs],
             threshold=options.threshold,
@@ -226,6 +239,8 @@ class DetectionService:
             resize=options.resize,
             max_faces=options.max_faces,
         )
+        seconds = time.perf_counter() - start
+        self.costs.observe(sum(job.pixels for job in jobs), len(jobs), seconds, low_threshold=_low_threshold(options))
         now = time.monotonic()
         if (
             sum(_pixels(job.image).size for job in jobs) > _TRIM_AFTER_BYTES
@@ -244,21 +259,70 @@ class DetectionService:
         if self.batcher.max_batch_size > 1:
             self.detector.run([image] * self.batcher.max_batch_size)
 
+    def calibrate(self) -> None:
+        """Time the model on a 640x480 and a 320x240 input (the faster of two runs each: the first may pay one-time
+        costs) and set the cost model's per-image and per-pixel parts from them, so admission starts from this
+        machine's speed rather than a prior."""
+        image = np.full((480, 640, 3), 128, dtype=np.uint8)
+        timed = []
+        for side in (320, 640):
+            resize = ResizePolicy(long_side=side)
+            seconds = []
+            for _ in range(2):
+                start = time.perf_counter()
+                self.detector.run([image], resize=resize)
+                seconds.append(time.perf_counter() - start)
+            timed.append((network_pixels(480, 640, resize), min(seconds)))
+        self.costs.calibrate(timed[0], timed[1])
+
+    def network_pixels(self, height: int, width: int, options: DetectOptions) -> int:
+        """Network input pixels for an image of ``height x width`` under ``options`` (the detector's resize when
+        they name none)."""
+        return network_pixels(height, width, options.resize or getattr(self.detector, "resize", None))
+
+    def estimate_s(self, sizes: Sequence[tuple[int, int]], options: DetectOptions) -> float:
+        """Engine seconds to detect faces in images of these (height, width) under ``options``."""
+        pixels = sum(self.network_pixels(h, w, options) for h, w in sizes)
+        return self.costs.estimate(pixels, len(sizes), low_threshold=_low_threshold(options))
+
+    def target_wait_s(self) -> float:
+        """How long admitted work may wait for the engine: ``max_queue_delay_ms``, or (0, auto) the time of two
+        full batches of the default input, so the engine always has the next batch ready and no more."""
+        if self.settings.max_queue_delay_ms > 0:
+            return self.settings.max_queue_delay_ms / 1000.0
+        one = self.costs.estimate(self.network_pixels(480, 640, DetectOptions()))
+        return max(0.02, 2 * one * self.batcher.max_batch_size)
+
+    def admit(self, sizes: Sequence[tuple[int, int]], options: DetectOptions, deadline_s: float) -> Ticket:
+        """A place in the engine's backlog for these images (OverCapacityError / NeverFitsError otherwise)."""
+        return self.admission.admit(self.estimate_s(sizes, options), deadline_s)
+
+    async def in_workers(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Run ``fn`` on the bounded pool that parses, decodes and renders images, never on the event loop; a
+        call not yet started when its caller is cancelled never runs."""
+        if self.workers is None:
+            raise RuntimeError("the detection service is not started")
+        return await asyncio.get_running_loop().run_in_executor(self.workers, partial(fn, *args, **kwargs))
+
     async def start(self) -> None:
         """Start the batcher, then build (and warm up, if configured) the detector on the batcher's own thread,
         the one that will run it."""
+        self.workers = ThreadPoolExecutor(self.settings.image_workers or max(2, os.cpu_count() or 2), "image")
         await self.batcher.start()
         self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
         if not self.settings.max_batch:  # auto: what paid when the engine measured the model here
             self.batcher.max_batch_size = max(1, int(getattr(self._detector, "batch_size", 8)))
         if self.settings.warmup:
             await self.batcher.run_in_worker(self.warm_up)
+        await self.batcher.run_in_worker(self.calibrate)
         self.ready = True
 
     async def stop(self) -> None:
         """Stop taking work and finish what is queued (graceful shutdown)."""
         self.ready = False
         await self.batcher.stop()
+        if self.workers is not None:
+            self.workers.shutdown(wait=True, cancel_futures=True)
 
     def reserve(self, pixels: int) -> PixelReservation:
         """Reserve ``pixels`` of the in-flight budget for an image being decoded, queued and run (release it by
@@ -279,7 +343,19 @@ class DetectionService:
 
     async def detect(self, image: np.ndarray | ReducedImage, options: DetectOptions) -> Detection:
         """One decoded image -> its result, batched with whatever else is waiting."""
-        return await self.batcher.submit(_Job(image, options), timeout_s=self.settings.request_timeout_s)
+        height, width = _full_size(image)
+        job = _Job(image, options, self.network_pixels(height, width, options))
+        return await self.batcher.submit(job, timeout_s=self.settings.request_timeout_s)
+
+
+def _low_threshold(options: DetectOptions) -> bool:
+    return options.threshold is not None and options.threshold < LOW_THRESHOLD
+
+
+def _full_size(image: np.ndarray | ReducedImage) -> tuple[int, int]:
+    if isinstance(image, ReducedImage):
+        return image.height, image.width
+    return int(image.shape[0]), int(image.shape[1])
 
 
 def _pixels(image: np.ndarray | ReducedImage) -> np.ndarray:

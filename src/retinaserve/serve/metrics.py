@@ -146,15 +146,19 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        answered = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+            if status == 500 and not answered:
+                status = 499  # nothing sent and nothing raised: the client went away and its request was cancelled
         finally:
             route = _route_template(scope)
             method = scope.get("method", "")

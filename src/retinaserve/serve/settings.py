@@ -48,8 +48,31 @@ class ServeSettings:
     """How long the first request of a batch waits for company before the batch runs."""
     max_queue: int = 64
     """Images waiting for the model; beyond this requests get 429 with Retry-After."""
+    max_queue_delay_ms: float = 0.0
+    """Admission by cost: a request queues only while the engine time already admitted ahead of it (each request's
+    estimated cost, learnt from measured batches) is at most this long; otherwise 429 at once, with Retry-After
+    when it will be. 0 (default): two full batches of the default input, so the engine never idles and admitted
+    requests barely wait."""
     request_timeout_s: float = 30.0
-    """Per-request budget for queueing plus inference; past it the caller gets 504."""
+    """Per-request deadline from the end of the body to the answer (parsing, queueing, inference, rendering);
+    past it the caller gets 504, and a request whose estimated cost alone exceeds it gets 413 at once."""
+    header_parse_ms: float = 250.0
+    """Most time an upload's image header may take to parse (chunks, markers, extensions before the pixels);
+    longer is a hostile or broken file: 413, and the parse stops."""
+    image_workers: int = 0
+    """Threads that parse, decode and render images (never the event loop); 0: the CPU count, at least 2."""
+    max_faces: int = 1000
+    """Most faces one image's answer lists (the highest scores); a request's ``max_faces`` may only lower it."""
+    max_render_faces: int = 64
+    """Most faces /v1/beautify smooths in one image (the highest scores); the rest are returned untouched."""
+    header_timeout_s: float = 10.0
+    """A connection must deliver a complete request head within this (idle and slow-header clients are closed)."""
+    body_timeout_s: float = 60.0
+    """A request's whole body must arrive within this (slow-body clients get 408)."""
+    keep_alive_s: float = 5.0
+    """Idle keep-alive connections are closed after this."""
+    max_connections: int = 1024
+    """Open connections at once; beyond this new ones get a JSON 503 and are closed."""
     max_upload_bytes: int = 10 * _MIB
     """Largest body of /v1/detect and /v1/beautify, and largest single image in a batch request (413)."""
     max_batch_upload_bytes: int = 40 * _MIB
@@ -89,6 +112,7 @@ class ServeSettings:
     """Most memory the kept results may hold together; the oldest go first."""
     warmup: bool = True
     graceful_shutdown_s: float = 30.0
+    """On SIGTERM / Ctrl-C: new requests get 503 at once, running ones get this long to finish, the rest get 503."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -106,6 +130,9 @@ class ServeSettings:
             "max_jobs": self.max_jobs,
             "max_running_jobs": self.max_running_jobs,
             "max_job_results": self.max_job_results,
+            "max_faces": self.max_faces,
+            "max_render_faces": self.max_render_faces,
+            "max_connections": self.max_connections,
         }
         for name, value in positive.items():
             if value < 1:
@@ -124,8 +151,11 @@ class ServeSettings:
             raise ValueError(f"--backend {self.backend} is for fp32; precision {self.precision} picks its own backend")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_parse_ms", "header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_queue_delay_ms < 0 or self.image_workers < 0:
+            raise ValueError("max_queue_delay_ms and image_workers must be >= 0 (0: automatic)")
         if self.max_texture_size not in TEXTURE_SIZES:
             raise ValueError(f"max_texture_size must be one of {TEXTURE_SIZES}, got {self.max_texture_size}")
         for name in ("job_memory_mb", "job_timeout_s", "job_result_ttl_s", "max_job_result_mb"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -134,9 +135,30 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def probe_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
+class _ParseTimeUp(Exception):
+    """Raised inside PIL's header parser when it has used up its time (not one of the errors PIL catches)."""
+
+
+class _TimedBytes(io.BytesIO):
+    """In-memory bytes whose every read fails once the reading thread has used ``budget_s`` of CPU time: PIL's
+    parsers read chunk by chunk and marker by marker, so a header of a million empty chunks stops within the
+    budget instead of holding a thread (and the GIL) for seconds. CPU time, not wall time, so that a thread
+    starved by others is not mistaken for a slow parse."""
+
+    def __init__(self, data: bytes, budget_s: float) -> None:
+        super().__init__(data)
+        self.deadline = time.thread_time() + budget_s
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if time.thread_time() > self.deadline:
+            raise _ParseTimeUp
+        return super().read(size)
+
+
+def probe_image(data: bytes, *, max_pixels: int, budget_s: float | None = None) -> tuple[str, int, int]:
     """(format, width, height) from the magic bytes and the header alone: 415 for data that is not one of
-    ACCEPTED_FORMATS, 413 for too many pixels, 400 for empty data or a broken header."""
+    ACCEPTED_FORMATS, 413 for too many pixels or for a header that takes more than ``budget_s`` to parse, 400 for
+    empty data or a broken header. CPU-bound on hostile input: call it off the event loop."""
     if not data:
         raise ApiError(400, "invalid_image", "empty image data (0 bytes)")
     sniffed = sniff_format(data)
@@ -147,11 +169,19 @@ def probe_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
             f"the data is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)}); "
             "the type is read from the content, not the file name or content type",
         )
+    stream = io.BytesIO(data) if budget_s is None else _TimedBytes(data, budget_s)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[sniffed]) as image:
+            with Image.open(stream, formats=[sniffed]) as image:
                 fmt, (width, height) = str(image.format), image.size
+    except _ParseTimeUp:
+        raise ApiError(
+            413,
+            "image_too_complex",
+            f"the {sniffed} header did not parse within {(budget_s or 0) * 1e3:.0f} ms of CPU time (too many "
+            "chunks, markers or extensions before the pixels); re-encode the image",
+        ) from None
     except UnidentifiedImageError:
         raise ApiError(400, "invalid_image", f"corrupt {sniffed} image: its header cannot be read") from None
     except Image.DecompressionBombError as exc:

@@ -10,20 +10,19 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from ...detection import Face
 from ..beautify import beautify
 from ..dependencies import require_api_key
 from ..uploads import read_uploads
-from .common import UPLOAD_BODY, DetectContextDep, admit, decode, ms_since, run_detection
+from .common import UPLOAD_BODY, DetectContextDep, admitted, deadline, decode, ms_since, probe, run_detection
 from .detect import _ERRORS
 
 router = APIRouter(prefix="/v1", tags=["beautify"], dependencies=[Depends(require_api_key)])
 
 
-def _render(image: np.ndarray, faces: list[Face], strength: float, fmt: str) -> bytes:
-    smoothed = beautify(image, faces, strength=strength)
+def _render(image: np.ndarray, faces: list[Face], strength: float, fmt: str, until: float) -> bytes:
+    smoothed = beautify(image, faces, strength=strength, deadline=until)
     buffer = io.BytesIO()
     if fmt == "png":
         Image.fromarray(smoothed).save(buffer, format="PNG", compress_level=3)
@@ -48,17 +47,22 @@ async def beautify_route(
 ) -> Response:
     start = time.perf_counter()
     uploads = await read_uploads(request, limit=ctx.settings.max_upload_bytes, max_files=1)
-    with admit(uploads[0].data, ctx):
-        image = await decode(uploads[0].data, ctx)
-        detection = await run_detection(image, ctx)
-        faces = detection.result.faces
-        body = await run_in_threadpool(_render, image, faces, strength, format)
-        del image
+    data = uploads[0].data
+    async with deadline(ctx) as until:
+        size = await probe(data, ctx)
+        async with admitted([size], ctx):
+            image = await decode(data, ctx)
+            detection = await run_detection(image, ctx)
+            faces = sorted(detection.result.faces, key=lambda face: face.score, reverse=True)
+            smoothed = faces[: ctx.settings.max_render_faces]
+            body = await ctx.service.in_workers(_render, image, smoothed, strength, format, until)
+            del image
     return Response(
         body,
         media_type=f"image/{format}",
         headers={
             "X-Faces": str(len(faces)),
+            "X-Faces-Smoothed": str(len(smoothed)),
             "X-Model": ctx.service.model_name,
             "Server-Timing": f"total;dur={ms_since(start)}",
         },

@@ -1,29 +1,41 @@
-"""What the detect and beautify routes share: query options, decoding off the event loop, and turning the
-batcher's refusals into HTTP answers."""
+"""What the detect and beautify routes share: query options, admission by cost, parsing and decoding off the
+event loop, a deadline over every stage, and turning refusals into HTTP answers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Query
-from starlette.concurrency import run_in_threadpool
 
 from ...detection import ResizePolicy
 from ...errors import InvalidImageError
 from ...images import ReducedImage
+from ..admission import NeverFitsError, OverCapacityError
 from ..batching import BatcherClosedError, QueueFullError
 from ..dependencies import MetricsDep, ServiceDep, SettingsDep
 from ..errors import ApiError
-from ..inference import Detection, DetectionService, DetectOptions, PixelReservation
+from ..inference import Detection, DetectionService, DetectOptions
 from ..metrics import ServiceMetrics
 from ..settings import ServeSettings
 from ..uploads import decode_upload, decode_upload_reduced, probe_image
 
-__all__ = ["UPLOAD_BODY", "DetectContext", "DetectContextDep", "detect_options", "run_detection"]
+__all__ = [
+    "UPLOAD_BODY",
+    "DetectContext",
+    "DetectContextDep",
+    "admitted",
+    "deadline",
+    "detect_options",
+    "probe",
+    "run_detection",
+]
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -47,11 +59,16 @@ def detect_options(
     nms: float | None = Query(None, gt=0.0, le=1.0, description="NMS IoU threshold (default 0.4)"),
     long_side: int | None = Query(None, ge=16, description="scale so the long side is N pixels"),
     det_size: str | None = Query(None, description="letterbox into a fixed WxH input, e.g. 640x640"),
-    max_faces: int | None = Query(None, ge=1, le=10_000, description="keep at most this many faces"),
+    max_faces: int | None = Query(
+        None, ge=1, description="keep at most this many faces (the highest scores; the server's max_faces at most)"
+    ),
     *,
     settings: SettingsDep,
 ) -> DetectOptions:
-    """Query parameters -> DetectOptions; sizes are bounded so no request can ask for a huge network input."""
+    """Query parameters -> DetectOptions; sizes and face counts are bounded so no request can ask for a huge
+    network input or answer."""
+    if max_faces is not None and max_faces > settings.max_faces:
+        raise ApiError(422, "invalid_parameter", f"max_faces must be at most {settings.max_faces}, got {max_faces}")
     if long_side is not None and det_size is not None:
         raise ApiError(422, "invalid_parameter", "give either long_side or det_size, not both")
     resize = None
@@ -68,7 +85,8 @@ def detect_options(
         if not (16 <= width <= limit and 16 <= height <= limit):
             raise ApiError(422, "invalid_parameter", f"det_size sides must be in [16, {limit}], got {det_size}")
         resize = ResizePolicy(det_size=(width, height))
-    return DetectOptions(threshold=threshold, nms_threshold=nms, resize=resize, max_faces=max_faces)
+    faces = max_faces or settings.max_faces
+    return DetectOptions(threshold=threshold, nms_threshold=nms, resize=resize, max_faces=faces)
 
 
 @dataclass(frozen=True)
@@ -87,40 +105,86 @@ def detect_context(
     metrics: MetricsDep,
     options: Annotated[DetectOptions, Depends(detect_options)],
 ) -> DetectContext:
-    return DetectContext(service, settings, metrics, options)
-
-
-def admit(data: bytes, ctx: DetectContext) -> PixelReservation:
-    """Read the image's size from its header (415/413/400 without decoding) and reserve its pixels in the
-    in-flight budget (429 when spent); hold it while the image is decoded and used."""
-    _, width, height = probe_image(data, max_pixels=ctx.settings.max_pixels)
+    """The route's context; 429 at once, before the body is read, when the engine's backlog admits nothing now."""
+    ctx = DetectContext(service, settings, metrics, options)
     try:
-        return ctx.service.reserve(width * height)
-    except QueueFullError:
-        raise _busy(ctx, "pixel_budget") from None
+        service.admission.check()
+    except OverCapacityError as exc:
+        raise _busy(ctx, "engine_backlog", exc) from None
+    return ctx
+
+
+@asynccontextmanager
+async def deadline(ctx: DetectContext) -> AsyncIterator[float]:
+    """Every stage inside (parsing, queueing, inference, rendering) within ``request_timeout_s``, else 504; work
+    of the request not yet started is dropped when it expires. Yields the deadline (``time.monotonic``) for work
+    on threads, which must check it themselves."""
+    try:
+        async with asyncio.timeout(ctx.settings.request_timeout_s):
+            yield time.monotonic() + ctx.settings.request_timeout_s
+    except TimeoutError:
+        ctx.metrics.rejected.labels("timeout").inc()
+        raise ApiError(504, "timeout", f"no result within {ctx.settings.request_timeout_s:g} s") from None
+
+
+async def probe(data: bytes, ctx: DetectContext) -> tuple[int, int]:
+    """(height, width) from the image's header, parsed on the worker pool within ``header_parse_ms``
+    (415/413/400 without decoding)."""
+    _, width, height = await ctx.service.in_workers(
+        probe_image, data, max_pixels=ctx.settings.max_pixels, budget_s=ctx.settings.header_parse_ms / 1000
+    )
+    return height, width
+
+
+@asynccontextmanager
+async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> AsyncIterator[None]:
+    """Hold the decoded pixels of these images (height, width) in the in-flight budget and their estimated engine
+    time in the backlog while the block runs: 413 when the request could never fit (more pixels than the whole
+    budget, more engine time than its deadline), 429 with Retry-After when it cannot now."""
+    settings = ctx.settings
+    pixels = sum(h * w for h, w in sizes)
+    if pixels > settings.max_pixels_in_flight:
+        ctx.metrics.rejected.labels("never_fits").inc()
+        raise ApiError(
+            413,
+            "request_too_large",
+            f"the images add up to {pixels} pixels, more than the {settings.max_pixels_in_flight} this server holds "
+            "at once; send them in smaller requests",
+        )
+    with ExitStack() as held:
+        try:
+            held.enter_context(ctx.service.admit(sizes, ctx.options, settings.request_timeout_s))
+        except NeverFitsError as exc:
+            ctx.metrics.rejected.labels("never_fits").inc()
+            raise ApiError(413, "request_too_expensive", str(exc)) from None
+        except OverCapacityError as exc:
+            raise _busy(ctx, "engine_backlog", exc) from None
+        try:
+            held.enter_context(ctx.service.reserve(pixels))
+        except QueueFullError:
+            raise _busy(ctx, "pixel_budget") from None
+        yield
 
 
 async def decode(data: bytes, ctx: DetectContext) -> np.ndarray:
-    """Decode in the thread pool, so a large image never blocks the event loop."""
-    return await run_in_threadpool(decode_upload, data, max_pixels=ctx.settings.max_pixels)
+    """Decode every pixel on the worker pool, so a large image never blocks the event loop."""
+    return await ctx.service.in_workers(decode_upload, data, max_pixels=ctx.settings.max_pixels)
 
 
 async def decode_for_detection(data: bytes, ctx: DetectContext) -> ReducedImage:
-    """Decode in the thread pool, a JPEG at the DCT scale the network input needs when the detector decodes
+    """Decode on the worker pool, a JPEG at the DCT scale the network input needs when the detector decodes
     "fast" (limits are still checked on the full size, and results come back in full-size pixels)."""
     target_size = ctx.service.decode_target(ctx.options)
-    return await run_in_threadpool(
+    return await ctx.service.in_workers(
         decode_upload_reduced, data, max_pixels=ctx.settings.max_pixels, target_size=target_size
     )
 
 
-def _busy(ctx: DetectContext, reason: str) -> ApiError:
+def _busy(ctx: DetectContext, reason: str, exc: OverCapacityError | None = None) -> ApiError:
     ctx.metrics.rejected.labels(reason).inc()
+    message = f"the server is busy: {exc}; retry after a moment" if exc else "the server is busy; retry in a moment"
     return ApiError(
-        429,
-        "too_many_requests",
-        "the server is busy: its queue is full; retry after a moment",
-        headers={"Retry-After": "1"},
+        429, "too_many_requests", message, headers={"Retry-After": exc.retry_after if exc is not None else "1"}
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,7 +15,19 @@ from ..errors import ApiError
 from ..inference import Detection
 from ..schemas import BatchResponse, DetectResponse, ErrorResponse
 from ..uploads import Upload, read_uploads
-from .common import UPLOAD_BODY, DetectContext, DetectContextDep, admit, decode_for_detection, ms_since, run_detection
+from .common import (
+    UPLOAD_BODY,
+    DetectContext,
+    DetectContextDep,
+    admitted,
+    deadline,
+    decode_for_detection,
+    ms_since,
+    probe,
+    run_detection,
+)
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["detection"], dependencies=[Depends(require_api_key)])
 
@@ -23,10 +36,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "empty, corrupt or truncated image; malformed multipart"),
         (401, "missing or wrong API key"),
-        (413, "body, image or pixel count over the limit"),
+        (408, "the body did not arrive within the body timeout"),
+        (
+            413,
+            "body, image or pixel count over the limit; an image header too slow to parse; a request that could "
+            "never finish within its deadline or fit the in-flight pixel budget",
+        ),
         (415, "not an image in a supported format (decided by content)"),
         (422, "invalid parameter"),
-        (429, "queue full; see Retry-After"),
+        (429, "the engine has more work admitted than a new request may wait for; see Retry-After"),
         (503, "model not ready or shutting down"),
         (504, "no result within the request timeout"),
     )
@@ -63,20 +81,58 @@ def _payload(detection: Detection, *, landmarks: bool, timings: dict[str, float]
     }
 
 
-async def _detect_upload(upload: Upload, ctx: DetectContext, landmarks: bool) -> tuple[dict[str, Any], int]:
+async def detect_uploads(
+    uploads: list[Upload], ctx: DetectContext, landmarks: bool
+) -> list[tuple[dict[str, Any], int] | ApiError]:
+    """Each upload's answer body and model batch size, or the ApiError that is that image's fault (unreadable,
+    too large, corrupt). Refusals that are the server's state (413 for the request as a whole, 429, 503, 504)
+    raise instead and stop every image of the request. Must run inside :func:`deadline`."""
     start = time.perf_counter()
-    with admit(upload.data, ctx):
-        image = await decode_for_detection(upload.data, ctx)
-        decoded = time.perf_counter()
-        detection = await run_detection(image, ctx)
-        del image
-    inference = detection.result.timings_ms.get("total", 0.0)
-    timings = {
-        "decode": round((decoded - start) * 1e3, 3),
-        "queue": round(max(0.0, (time.perf_counter() - decoded) * 1e3 - inference), 3),
-        "inference": round(inference, 3),
+    limit = ctx.settings.max_upload_bytes
+
+    async def size_of(upload: Upload) -> tuple[int, int] | ApiError:
+        if len(upload.data) > limit:
+            return ApiError(413, "payload_too_large", f"image exceeds the limit of {limit} bytes")
+        try:
+            return await probe(upload.data, ctx)
+        except ApiError as exc:
+            return exc
+
+    sizes = await asyncio.gather(*(size_of(upload) for upload in uploads))
+    answers: dict[int, tuple[dict[str, Any], int] | ApiError] = {
+        i: size for i, size in enumerate(sizes) if isinstance(size, ApiError)
     }
-    return _payload(detection, landmarks=landmarks, timings=timings), detection.batch_size
+    good = {i: size for i, size in enumerate(sizes) if not isinstance(size, ApiError)}
+
+    async def one(index: int) -> None:
+        upload = uploads[index]
+        try:
+            image = await decode_for_detection(upload.data, ctx)
+        except ApiError as exc:
+            answers[index] = exc
+            return
+        decoded = time.perf_counter()
+        try:
+            detection = await run_detection(image, ctx)
+        except ApiError as exc:
+            if exc.status in (429, 503, 504):
+                raise  # the server's state, not this image's fault
+            answers[index] = exc
+            return
+        del image
+        inference = detection.result.timings_ms.get("total", 0.0)
+        timings = {
+            "decode": round((decoded - start) * 1e3, 3),
+            "queue": round(max(0.0, (time.perf_counter() - decoded) * 1e3 - inference), 3),
+            "inference": round(inference, 3),
+        }
+        answers[index] = (_payload(detection, landmarks=landmarks, timings=timings), detection.batch_size)
+
+    if good:
+        async with admitted(list(good.values()), ctx), asyncio.TaskGroup() as group:
+            for index in good:
+                group.create_task(one(index))
+    return [answers[i] for i in range(len(uploads))]
 
 
 @router.post(
@@ -95,7 +151,11 @@ async def detect(
     start = time.perf_counter()
     uploads = await read_uploads(request, limit=ctx.settings.max_upload_bytes, max_files=1)
     received = ms_since(start)
-    body, batch_size = await _detect_upload(uploads[0], ctx, landmarks)
+    async with deadline(ctx):
+        (answer,) = await _unwrap_group(detect_uploads(uploads, ctx, landmarks))
+    if isinstance(answer, ApiError):
+        raise answer
+    body, batch_size = answer
     body["model"] = ctx.service.model_name
     body["timings_ms"] = {"receive": received, **body["timings_ms"], "total": ms_since(start)}
     return JSONResponse(body, headers={"X-Batch-Size": str(batch_size)})
@@ -121,21 +181,15 @@ async def detect_batch(
         request, limit=settings.max_batch_upload_bytes, max_files=settings.max_images_per_request
     )
     received = ms_since(start)
-
-    async def one(index: int, upload: Upload) -> dict[str, Any]:
+    async with deadline(ctx):
+        answers = await _unwrap_group(detect_uploads(uploads, ctx, landmarks))
+    results: list[dict[str, Any]] = []
+    for index, (upload, answer) in enumerate(zip(uploads, answers)):
         item: dict[str, Any] = {"index": index, "filename": upload.filename}
-        if len(upload.data) > settings.max_upload_bytes:
-            error = ApiError(413, "payload_too_large", f"image exceeds the limit of {settings.max_upload_bytes} bytes")
-            return {**item, "status": error.status, "error": error.to_dict()}
-        try:
-            body, _ = await _detect_upload(upload, ctx, landmarks)
-        except ApiError as exc:
-            if exc.status in (429, 503, 504):
-                raise  # the server's state, not this image's fault: the whole request gets it
-            return {**item, "status": exc.status, "error": exc.to_dict()}
-        return {**item, "status": 200, **body}
-
-    results = await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads)))
+        if isinstance(answer, ApiError):
+            results.append({**item, "status": answer.status, "error": answer.to_dict()})
+        else:
+            results.append({**item, "status": 200, **answer[0]})
     return JSONResponse(
         {
             "results": results,
@@ -143,3 +197,12 @@ async def detect_batch(
             "timings_ms": {"receive": received, "total": ms_since(start)},
         }
     )
+
+
+async def _unwrap_group(work: Awaitable[T]) -> T:
+    """``await work``, re-raising the first ApiError of a failed TaskGroup as itself (the other images' tasks are
+    cancelled by then)."""
+    try:
+        return await work
+    except* ApiError as group:
+        raise group.exceptions[0] from None
