@@ -19,6 +19,7 @@ from .guard import Drain, RequestGuard
 from .inference import DetectionService, DetectorLike, build_detector
 from .jobs import JobStore
 from .metrics import MetricsMiddleware, ServiceMetrics
+from .openapi import install_docs, install_openapi
 from .reconstruct import ReconstructionService
 from .routers import beautify, detect, health, jobs, metrics, models, reconstruct
 from .settings import ServeSettings
@@ -50,6 +51,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = DetectionService(settings, detector_factory, on_batch=service_metrics.observe_batch)
         service_metrics.track_queue(lambda: service.batcher.depth, lambda: service.batcher.in_flight)
+        service_metrics.track_admission(service)
         app.state.service = service
         await service.start()  # builds the detector and warms it up on the thread that will run it
         service_metrics.model_info.labels(service.model_name, settings.precision).set(1)
@@ -89,7 +91,14 @@ def create_app(
             await service.stop()
             app.state.service = None
 
-    app = FastAPI(title="retinaserve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="retinaserve",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.metrics = service_metrics
     app.state.service = None
@@ -104,6 +113,8 @@ def create_app(
     install_error_handlers(app)
     for module in (health, detect, beautify, reconstruct, jobs, models, metrics):
         app.include_router(module.router)
+    install_openapi(app, settings)
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -6,7 +6,6 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader
 
 from .errors import ApiError
 from .inference import DetectionService
@@ -28,18 +27,24 @@ __all__ = [
     "require_api_key",
 ]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when the server has API keys")
+
+# The dependencies are coroutines, so FastAPI runs them on the event loop: a plain ``def`` would cost every request
+# a hop to the thread pool and back for each of them, which under load is latency and GIL churn for nothing.
 
 
-def get_settings(request: Request) -> ServeSettings:
+def _settings(request: Request) -> ServeSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_settings(request: Request) -> ServeSettings:
+    return _settings(request)
+
+
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_service(request: Request) -> DetectionService:
+async def get_service(request: Request) -> DetectionService:
     """The detection service; 503 while the model is loading, warming up or shutting down."""
     service: DetectionService = _ready(getattr(request.app.state, "service", None), "the model")
     return service
@@ -57,9 +62,9 @@ def _ready(service: Any, what: str) -> Any:
     return service
 
 
-def get_reconstruction(request: Request) -> ReconstructionService:
+async def get_reconstruction(request: Request) -> ReconstructionService:
     """The reconstruction service; 404 when the server runs without 3D, 503 while it loads or shuts down."""
-    settings = get_settings(request)
+    settings = _settings(request)
     if not settings.reconstruction_enabled:
         raise ApiError(
             404, "not_enabled", "3D reconstruction is off on this server (it runs with reconstruction_model none)"
@@ -68,22 +73,25 @@ def get_reconstruction(request: Request) -> ReconstructionService:
     return service
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 
-def get_owner(request: Request) -> str | None:
+async def get_owner(request: Request) -> str | None:
     """Who is asking, for job ownership: a digest of their API key (None when the server has no keys)."""
-    settings = get_settings(request)
+    settings = _settings(request)
     return owner_of(request.headers.get(settings.api_key_header)) if settings.auth_enabled else None
 
 
-def require_api_key(request: Request, header_key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    """401 unless the server has no keys or the request carries one of them (compared in constant time)."""
-    settings = get_settings(request)
+async def require_api_key(request: Request) -> None:
+    """401 unless the server has no keys or the request carries one of them (compared in constant time).
+
+    The header is read by hand, not declared as a parameter: OpenAPI shows the scheme only when keys are configured
+    (``openapi.py`` adds it then, under the configured header name)."""
+    settings = _settings(request)
     if not settings.auth_enabled:
         return
-    given = request.headers.get(settings.api_key_header)  # header_key only documents the scheme in OpenAPI
+    given = request.headers.get(settings.api_key_header)
     if given and any(hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys):
         return
     raise ApiError(

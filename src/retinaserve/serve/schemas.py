@@ -33,9 +33,15 @@ class DetectResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="receive, decode, queue, preprocess, forward, postprocess, total")
 
 
+class ErrorDetail(BaseModel):
+    location: str = Field(description="where the invalid value is, e.g. query.threshold")
+    message: str
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="machine-readable, e.g. unsupported_media_type, payload_too_large")
     message: str
+    details: list[ErrorDetail] | None = Field(None, description="each invalid value (validation errors only)")
 
 
 class ErrorResponse(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..errors import ApiError
+from ..schemas import ErrorResponse
 
 router = APIRouter(tags=["health"])
 
@@ -14,7 +15,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="The model is loaded and warmed up", responses={503: {"description": "not ready"}})
+@router.get(
+    "/readyz",
+    summary="The model is loaded and warmed up",
+    responses={503: {"model": ErrorResponse, "description": "not ready; see Retry-After"}},
+)
 async def readyz(request: Request) -> dict[str, object]:
     service = getattr(request.app.state, "service", None)
     if service is None or not service.ready:

@@ -43,9 +43,12 @@ log = logging.getLogger(__name__)
 _GONE: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such job: unknown, deleted or expired (the message says)"}
 }
+_NOT_DONE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "not done, failed or cancelled"}
+}
 
 
-def get_job(
+async def get_job(
     store: Annotated[JobStore, Depends(get_job_store)],
     owner: Annotated[str | None, Depends(get_owner)],
     job_id: str = Path(max_length=64, description="the id from POST /v1/jobs/reconstruct"),
@@ -161,7 +164,14 @@ def _finished(job: Job) -> ReconstructionOutcome:
 @router.get(
     "/{job_id}/result",
     summary="The finished job's meshes: one face as GLB or OBJ zip, or every face as JSON",
-    responses={**_GONE, 409: {"model": ErrorResponse, "description": "not done, failed or cancelled"}},
+    responses={
+        **_GONE,
+        **_NOT_DONE,
+        200: {
+            "description": "format=glb: binary glTF of face N; obj: zip of OBJ + MTL + PNG; json: every face",
+            "content": {"model/gltf-binary": {}, "application/zip": {}, "application/json": {}},
+        },
+    },
     response_class=Response,
 )
 async def job_result(
@@ -175,7 +185,7 @@ async def job_result(
 @router.get(
     "/{job_id}/texture",
     summary="One face's UV texture map as PNG",
-    responses={**_GONE, 409: {"model": ErrorResponse, "description": "not done, failed or cancelled"}},
+    responses={**_GONE, **_NOT_DONE, 200: {"description": "the texture", "content": {"image/png": {}}}},
     response_class=Response,
 )
 async def job_texture(job: JobDep, face: int = Query(0, ge=0)) -> Response:

@@ -10,6 +10,11 @@ from ..dependencies import MetricsDep, require_api_key
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"description": "the Prometheus text format", "content": {"text/plain": {}}}},
+)
 async def metrics(service_metrics: MetricsDep) -> Response:
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -32,7 +32,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in (
         (400, "empty, corrupt or truncated image; malformed multipart"),
-        (401, "missing or wrong API key"),
         (404, "3D turned off on this server"),
         (413, "body, image or pixel count over the limit"),
         (415, "not an image in a supported format (decided by content)"),
@@ -44,7 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def reconstruct_options(
+async def reconstruct_options(
     service: ReconstructionDep,
     model: str | None = Query(None, description="the 3D model; the server serves one (see /v1/models)"),
     max_faces: int | None = Query(None, ge=1, description="reconstruct at most this many faces (highest scores)"),
@@ -84,7 +83,9 @@ async def admit_upload(
     in the admission queue sized by the job's memory estimate (429 when the queue is full)."""
     uploads = await read_uploads(request, limit=settings.max_upload_bytes, max_files=1)
     data = uploads[0].data
-    _, width, height = probe_image(data, max_pixels=settings.max_pixels)
+    _, width, height = await service.detection.in_workers(  # off the event loop, within the parse budget
+        probe_image, data, max_pixels=settings.max_pixels, budget_s=settings.header_parse_ms / 1000
+    )
     try:
         return data, service.admit(width * height, options)
     except QueueFullError:
