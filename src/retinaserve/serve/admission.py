@@ -103,17 +103,23 @@ class CostModel:
 
 
 class Ticket:
-    """An admitted request's share of the backlog, given back when the ``with`` block ends (or by ``release``)."""
+    """An admitted request's share of the backlog. Each image gives its part back as soon as the engine is done with
+    it (:meth:`release`), and whatever is left goes back when the ``with`` block ends."""
 
     def __init__(self, admission: EngineAdmission, cost_s: float) -> None:
         self.admission = admission
-        self.cost_s = cost_s
-        self._held = True
+        self.held_s = cost_s
+        self._open = True
 
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.admission.backlog_s = max(0.0, self.admission.backlog_s - self.cost_s)
+    def release(self, seconds: float | None = None) -> None:
+        """Give back ``seconds`` of the held cost (None: all of it, and the ticket is done)."""
+        if not self._open:
+            return
+        part = self.held_s if seconds is None else min(seconds, self.held_s)
+        self.held_s -= part
+        self.admission.backlog_s = max(0.0, self.admission.backlog_s - part)
+        if seconds is None:
+            self._open = False
             self.admission.admitted -= 1
 
     def __enter__(self) -> Ticket:

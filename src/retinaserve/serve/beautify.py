@@ -19,7 +19,7 @@ import numpy as np
 
 from ..detection import Face
 
-__all__ = ["FaceRegion", "beautify", "face_region", "skin_mask"]
+__all__ = ["FaceRegion", "beautify", "face_region", "render_budget", "skin_mask"]
 
 _WORK_SIZE = 320
 """Faces larger than this (pixels, box side) are filtered at a reduced scale, so the cost stays bounded."""
@@ -126,9 +126,23 @@ def beautify(
         x0, y0, x1, y1 = region.roi
         if x1 - x0 < 4 or y1 - y0 < 4:
             continue
-        roi = out[y0:y1, x0:x1]
-        weight = (strength * skin_mask(face, region))[:, :, None]
-        smoothed = _smooth(np.ascontiguousarray(roi), 2 * max(region.axes), strength)
-        blended = roi.astype(np.float32) * (1.0 - weight) + smoothed.astype(np.float32) * weight
-        out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        roi = np.ascontiguousarray(out[y0:y1, x0:x1])
+        weight = strength * skin_mask(face, region)
+        smoothed = _smooth(roi, 2 * max(region.axes), strength)
+        # in uint8, per pixel in OpenCV: no float copies of a region that may be most of a large photo
+        out[y0:y1, x0:x1] = cv2.blendLinear(roi, smoothed, 1.0 - weight, weight)
     return out
+
+
+def render_budget(faces: Sequence[Face], height: int, width: int, *, max_faces: int, pixel_factor: float) -> int:
+    """How many of ``faces`` (best first) to smooth: at most ``max_faces``, and no more than fit regions of
+    ``pixel_factor`` times the image's pixels in all, which bounds the work whatever boxes a low threshold finds
+    (a real group photo's faces cover far less than the image). The first face is always smoothed."""
+    budget = pixel_factor * height * width
+    used = 0.0
+    for count, face in enumerate(faces[:max_faces]):
+        x0, y0, x1, y1 = face_region(face, height, width).roi
+        used += max(0, x1 - x0) * max(0, y1 - y0)
+        if used > budget and count > 0:
+            return count
+    return min(len(faces), max_faces)

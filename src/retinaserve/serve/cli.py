@@ -53,6 +53,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=float, dest="keep_alive_s", help="idle keep-alive seconds (default 5)")
     serve.add_argument("--max-connections", type=int, help="open connections at once (default 1024)")
     serve.add_argument(
+        "--header-parse-ms", type=float, help="CPU time an image header may take to parse, else 413 (default 100)"
+    )
+    serve.add_argument("--max-faces", type=int, help="most faces in one image's answer (default 1000)")
+    serve.add_argument(
         "--graceful-shutdown", type=float, dest="graceful_shutdown_s", help="seconds to drain on SIGTERM (default 30)"
     )
     serve.add_argument("--max-upload-mb", type=float, help="largest upload in MiB (default 10)")
@@ -95,6 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             "body_timeout_s",
             "keep_alive_s",
             "max_connections",
+            "header_parse_ms",
+            "max_faces",
             "graceful_shutdown_s",
             "max_pixels",
             "api_keys",

@@ -33,6 +33,11 @@ R = TypeVar("R")
 _TRIM_AFTER_BYTES = 12_000_000
 """Decoded pixels in one batch (bytes, ~4 Mpx RGB) above which freed memory is handed back to the OS."""
 _TRIM_INTERVAL_S = 1.0
+_RENDER_S_PER_PIXEL = 6e-8
+"""Prior for beautify's pool work until a render is measured: 1.5 s for a 24 Mpx photo (decode, 64 faces, encode)."""
+_RENDER_S_PER_IMAGE = 0.01
+_RENDER_TARGET_S = 2.0
+"""Render work admitted ahead of a new beautify request, at most."""
 
 
 class ServeConfigError(RetinaServeError, ValueError):
@@ -196,7 +201,11 @@ class DetectionService:
         self.pixels_in_flight = 0
         self.costs = CostModel()
         self.admission = EngineAdmission(self.costs, self.target_wait_s)
+        self.render_costs = CostModel(_RENDER_S_PER_PIXEL, _RENDER_S_PER_IMAGE)
+        """Render-pool seconds per decoded pixel (decode, smoothing, encode), learnt from every render."""
+        self.render_admission = EngineAdmission(self.render_costs, lambda: _RENDER_TARGET_S)
         self.workers: ThreadPoolExecutor | None = None
+        self.renderers: ThreadPoolExecutor | None = None
         self.batcher: Batcher[_Job, Detection] = Batcher(
             self._run_batch,
             max_batch_size=settings.max_batch or 8,
@@ -286,28 +295,41 @@ class DetectionService:
         return self.costs.estimate(pixels, len(sizes), low_threshold=_low_threshold(options))
 
     def target_wait_s(self) -> float:
-        """How long admitted work may wait for the engine: ``max_queue_delay_ms``, or (0, auto) the time of two
-        full batches of the default input, so the engine always has the next batch ready and no more."""
+        """How long admitted work may wait for the engine: ``max_queue_delay_ms``, or (0, auto) the time of one full
+        batch of the default input, so the engine always has its next batch ready and admitted requests wait for
+        little more than the batch that is running."""
         if self.settings.max_queue_delay_ms > 0:
             return self.settings.max_queue_delay_ms / 1000.0
-        one = self.costs.estimate(self.network_pixels(480, 640, DetectOptions()))
-        return max(0.02, 2 * one * self.batcher.max_batch_size)
+        batch = self.batcher.max_batch_size
+        one = self.costs.estimate(batch * self.network_pixels(480, 640, DetectOptions()), batch)
+        return max(0.01, one)
 
     def admit(self, sizes: Sequence[tuple[int, int]], options: DetectOptions, deadline_s: float) -> Ticket:
         """A place in the engine's backlog for these images (OverCapacityError / NeverFitsError otherwise)."""
         return self.admission.admit(self.estimate_s(sizes, options), deadline_s)
 
     async def in_workers(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """Run ``fn`` on the bounded pool that parses, decodes and renders images, never on the event loop; a
-        call not yet started when its caller is cancelled never runs."""
-        if self.workers is None:
-            raise RuntimeError("the detection service is not started")
-        return await asyncio.get_running_loop().run_in_executor(self.workers, partial(fn, *args, **kwargs))
+        """Run ``fn`` on the bounded pool that parses headers and decodes images for detection, never on the
+        event loop; a call not yet started when its caller is cancelled never runs."""
+        return await _in_pool(self.workers, fn, *args, **kwargs)
+
+    async def in_renderers(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """As :meth:`in_workers`, on the smaller pool for heavy image work outside the model (full decodes,
+        smoothing, encoding), so that it never takes more than half the cores from the engine; admitted by
+        :attr:`render_admission`."""
+        return await _in_pool(self.renderers, fn, *args, **kwargs)
+
+    def admit_render(self, pixels: int, deadline_s: float) -> Ticket:
+        """A place in the render backlog for work over an image of ``pixels`` decoded pixels (OverCapacityError /
+        NeverFitsError otherwise)."""
+        return self.render_admission.admit(self.render_costs.estimate(pixels), deadline_s)
 
     async def start(self) -> None:
         """Start the batcher, then build (and warm up, if configured) the detector on the batcher's own thread,
         the one that will run it."""
-        self.workers = ThreadPoolExecutor(self.settings.image_workers or max(2, os.cpu_count() or 2), "image")
+        threads = self.settings.image_workers or max(2, os.cpu_count() or 2)
+        self.workers = ThreadPoolExecutor(threads, "image")
+        self.renderers = ThreadPoolExecutor(max(1, threads // 2), "render")
         await self.batcher.start()
         self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
         if not self.settings.max_batch:  # auto: what paid when the engine measured the model here
@@ -321,8 +343,9 @@ class DetectionService:
         """Stop taking work and finish what is queued (graceful shutdown)."""
         self.ready = False
         await self.batcher.stop()
-        if self.workers is not None:
-            self.workers.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.workers, self.renderers):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def reserve(self, pixels: int) -> PixelReservation:
         """Reserve ``pixels`` of the in-flight budget for an image being decoded, queued and run (release it by
@@ -346,6 +369,12 @@ class DetectionService:
         height, width = _full_size(image)
         job = _Job(image, options, self.network_pixels(height, width, options))
         return await self.batcher.submit(job, timeout_s=self.settings.request_timeout_s)
+
+
+async def _in_pool(pool: ThreadPoolExecutor | None, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    if pool is None:
+        raise RuntimeError("the detection service is not started")
+    return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args, **kwargs))
 
 
 def _low_threshold(options: DetectOptions) -> bool:

@@ -60,6 +60,18 @@ class ServiceMetrics:
         self.in_flight = Gauge(
             "retinaserve_batch_in_flight", "Images in the model call running now.", registry=self.registry
         )
+        self.engine_backlog = Gauge(
+            "retinaserve_engine_backlog_seconds",
+            "Estimated engine time of the admitted detection work not yet done (what admission compares with the "
+            "target queue delay).",
+            registry=self.registry,
+        )
+        self.engine_cost = Gauge(
+            "retinaserve_engine_cost_seconds_per_megapixel",
+            "The cost model's engine seconds per megapixel of network input, by score threshold class.",
+            ["threshold"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "retinaserve_rejected_requests",
             "Requests refused before inference, by reason (queue_full, timeout, ...).",
@@ -130,6 +142,12 @@ class ServiceMetrics:
         """Read the queue depth and in-flight count at scrape time."""
         self.queue_depth.set_function(depth)
         self.in_flight.set_function(in_flight)
+
+    def track_admission(self, service: Any) -> None:
+        """Read the engine backlog and the cost model at scrape time from the detection service."""
+        self.engine_backlog.set_function(lambda: service.admission.backlog_s)
+        for label, low in (("normal", False), ("low", True)):
+            self.engine_cost.labels(label).set_function(partial(lambda low: service.costs.rates[low] * 1e6, low))
 
 
 class MetricsMiddleware:

@@ -51,12 +51,12 @@ class ServeSettings:
     max_queue_delay_ms: float = 0.0
     """Admission by cost: a request queues only while the engine time already admitted ahead of it (each request's
     estimated cost, learnt from measured batches) is at most this long; otherwise 429 at once, with Retry-After
-    when it will be. 0 (default): two full batches of the default input, so the engine never idles and admitted
+    when it will be. 0 (default): one full batch of the default input, so the engine never idles and admitted
     requests barely wait."""
     request_timeout_s: float = 30.0
     """Per-request deadline from the end of the body to the answer (parsing, queueing, inference, rendering);
     past it the caller gets 504, and a request whose estimated cost alone exceeds it gets 413 at once."""
-    header_parse_ms: float = 250.0
+    header_parse_ms: float = 100.0
     """Most time an upload's image header may take to parse (chunks, markers, extensions before the pixels);
     longer is a hostile or broken file: 413, and the parse stops."""
     image_workers: int = 0

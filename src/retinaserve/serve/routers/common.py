@@ -17,14 +17,14 @@ from fastapi import Depends, Query
 from ...detection import ResizePolicy
 from ...errors import InvalidImageError
 from ...images import ReducedImage
-from ..admission import NeverFitsError, OverCapacityError
+from ..admission import NeverFitsError, OverCapacityError, Ticket
 from ..batching import BatcherClosedError, QueueFullError
 from ..dependencies import MetricsDep, ServiceDep, SettingsDep
 from ..errors import ApiError
 from ..inference import Detection, DetectionService, DetectOptions
 from ..metrics import ServiceMetrics
 from ..settings import ServeSettings
-from ..uploads import decode_upload, decode_upload_reduced, probe_image
+from ..uploads import decode_upload_reduced, probe_image
 
 __all__ = [
     "UPLOAD_BODY",
@@ -54,7 +54,7 @@ UPLOAD_BODY = {
 """OpenAPI description of an image upload (the body is read by hand, to enforce the size limit while streaming)."""
 
 
-def detect_options(
+async def detect_options(
     threshold: float | None = Query(None, ge=0.0, lt=1.0, description="score threshold (default: the model's)"),
     nms: float | None = Query(None, gt=0.0, le=1.0, description="NMS IoU threshold (default 0.4)"),
     long_side: int | None = Query(None, ge=16, description="scale so the long side is N pixels"),
@@ -99,7 +99,7 @@ class DetectContext:
     options: DetectOptions
 
 
-def detect_context(
+async def detect_context(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -137,10 +137,11 @@ async def probe(data: bytes, ctx: DetectContext) -> tuple[int, int]:
 
 
 @asynccontextmanager
-async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> AsyncIterator[None]:
+async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> AsyncIterator[Ticket]:
     """Hold the decoded pixels of these images (height, width) in the in-flight budget and their estimated engine
-    time in the backlog while the block runs: 413 when the request could never fit (more pixels than the whole
-    budget, more engine time than its deadline), 429 with Retry-After when it cannot now."""
+    time in the backlog while the block runs (give each image's time back with the yielded ticket's ``release``
+    once the engine is done with it): 413 when the request could never fit (more pixels than the whole budget,
+    more engine time than its deadline), 429 with Retry-After when it cannot now."""
     settings = ctx.settings
     pixels = sum(h * w for h, w in sizes)
     if pixels > settings.max_pixels_in_flight:
@@ -153,7 +154,7 @@ async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> Asyn
         )
     with ExitStack() as held:
         try:
-            held.enter_context(ctx.service.admit(sizes, ctx.options, settings.request_timeout_s))
+            ticket = held.enter_context(ctx.service.admit(sizes, ctx.options, settings.request_timeout_s))
         except NeverFitsError as exc:
             ctx.metrics.rejected.labels("never_fits").inc()
             raise ApiError(413, "request_too_expensive", str(exc)) from None
@@ -163,12 +164,22 @@ async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> Asyn
             held.enter_context(ctx.service.reserve(pixels))
         except QueueFullError:
             raise _busy(ctx, "pixel_budget") from None
-        yield
+        yield ticket
 
 
-async def decode(data: bytes, ctx: DetectContext) -> np.ndarray:
-    """Decode every pixel on the worker pool, so a large image never blocks the event loop."""
-    return await ctx.service.in_workers(decode_upload, data, max_pixels=ctx.settings.max_pixels)
+@asynccontextmanager
+async def render_admitted(pixels: int, ctx: DetectContext) -> AsyncIterator[Ticket]:
+    """Hold the estimated render-pool time of work over an image of ``pixels`` decoded pixels while the block runs:
+    413 when it alone cannot finish within the deadline, 429 with Retry-After when too much is admitted ahead."""
+    try:
+        ticket = ctx.service.admit_render(pixels, ctx.settings.request_timeout_s)
+    except NeverFitsError as exc:
+        ctx.metrics.rejected.labels("never_fits").inc()
+        raise ApiError(413, "request_too_expensive", str(exc).replace("model time", "rendering time")) from None
+    except OverCapacityError as exc:
+        raise _busy(ctx, "render_backlog", exc) from None
+    with ticket:
+        yield ticket
 
 
 async def decode_for_detection(data: bytes, ctx: DetectContext) -> ReducedImage:

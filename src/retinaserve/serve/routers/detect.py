@@ -119,6 +119,8 @@ async def detect_uploads(
                 raise  # the server's state, not this image's fault
             answers[index] = exc
             return
+        finally:
+            ticket.release(ctx.service.estimate_s([good[index]], ctx.options))  # the engine is done with it
         del image
         inference = detection.result.timings_ms.get("total", 0.0)
         timings = {
@@ -129,7 +131,7 @@ async def detect_uploads(
         answers[index] = (_payload(detection, landmarks=landmarks, timings=timings), detection.batch_size)
 
     if good:
-        async with admitted(list(good.values()), ctx), asyncio.TaskGroup() as group:
+        async with admitted(list(good.values()), ctx) as ticket, asyncio.TaskGroup() as group:
             for index in good:
                 group.create_task(one(index))
     return [answers[i] for i in range(len(uploads))]
