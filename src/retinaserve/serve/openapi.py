@@ -118,6 +118,8 @@ def _document_errors(schema: dict[str, Any], routes: list[Any], settings: ServeS
             statuses |= _VALIDATION
         if "requestBody" in (route.openapi_extra or {}):  # upload routes read their body by hand and declare it
             statuses |= _UPLOAD
+            if route.status_code == 202:  # a job is accepted at once; its own timeout fails the job, not the request
+                statuses.pop(504)
         for call, answers in _BY_DEPENDENCY.items():
             if call in calls:
                 statuses = answers | statuses

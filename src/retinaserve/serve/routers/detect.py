@@ -35,7 +35,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in (
         (400, "empty, corrupt or truncated image; malformed multipart"),
-        (401, "missing or wrong API key"),
         (408, "the body did not arrive within the body timeout"),
         (
             413,

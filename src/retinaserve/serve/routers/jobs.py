@@ -102,7 +102,10 @@ async def _run(
     "/reconstruct",
     status_code=202,
     summary="Start a 3D reconstruction job; follow it at its events URL, fetch the result when done",
-    responses={**ERRORS, 202: {"description": "the job, queued; Location names it"}},
+    responses={
+        **{k: v for k, v in ERRORS.items() if k != 504},
+        202: {"description": "the job, queued; Location names it"},
+    },
     openapi_extra=UPLOAD_BODY,
 )
 async def create_reconstruct_job(
