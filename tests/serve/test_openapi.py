@@ -41,7 +41,8 @@ STATUSES = {
     ("post", "/v1/detect/batch"): {200, *UPLOAD},
     ("post", "/v1/beautify"): {200, *UPLOAD},
     ("post", "/v1/reconstruct"): {200, 404, *UPLOAD},
-    ("post", "/v1/jobs/reconstruct"): {202, 404, *UPLOAD},
+    ("post", "/v1/jobs/reconstruct"): {202, 404, *UPLOAD}
+    - {504},  # accepted at once: a late job fails, not the request
     ("get", "/v1/jobs/{job_id}"): {200, 404, 422, 503},
     ("delete", "/v1/jobs/{job_id}"): {200, 404, 422, 503},
     ("get", "/v1/jobs/{job_id}/events"): {200, 404, 422, 503},
