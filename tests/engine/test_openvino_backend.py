@@ -95,6 +95,20 @@ def test_head_outputs_match_torch_across_shapes(
         candidate.release(outputs)
 
 
+def test_large_shapes_share_the_dynamic_model(onnx_path: Path, network: torch.nn.Module, inputs: dict) -> None:
+    """Above max_static_pixels no static model is compiled (each would keep its shape's memory)."""
+    small, large = sorted(SIZES, key=lambda size: size[0] * size[1])[:2]
+    options = OpenVinoOptions(max_static_pixels=small[0] * small[1])
+    candidate = OpenVinoBackend(onnx_path, CPU, SPEC.anchors, options=options)
+    for size in (small, large):
+        batch = inputs[size][0][None]
+        outputs = candidate.forward(batch)
+        with torch.inference_mode():
+            assert _max_diff(outputs, network(batch)) < 1e-3
+        candidate.release(outputs)
+    assert list(candidate._static) == [(1, 3, small[1], small[0])] and candidate._dynamic is not None
+
+
 def test_detections_match_the_torch_detector(backend: OpenVinoBackend, reference: Detector, photos: list) -> None:
     photo = photos[0]  # six_people.jpg
     expected = reference.detect(photo)

@@ -84,6 +84,10 @@ class OpenVinoOptions:
     max_static_shapes: int = 16
     """Input shapes (N, 3, H, W) that get a model compiled for exactly that shape; any further shapes share one
     dynamic-shape model (a little slower, never recompiled). 0: dynamic shapes only. See :class:`OpenVinoBackend`."""
+    max_static_pixels: int = 2_000_000
+    """Largest N x H x W that gets a static model: each compiled model keeps the memory of its shape (a 2048x2048
+    input holds ~550 MiB), so rare large inputs (a request's det_size) share the one dynamic model instead of each
+    keeping their own, and memory stays bounded by the largest input, not by how many large shapes were seen."""
     compile_cache: bool = True
     """Cache compiled blobs on disk (OpenVINO's ``CACHE_DIR``), so that a restart imports instead of compiling."""
     cache_dir: Path | None = None
@@ -170,7 +174,8 @@ class OpenVinoBackend:
         request = self._static.get(shape)
         if request is not None:
             return request
-        if len(self._static) < self.options.max_static_shapes:
+        pixels = shape[0] * shape[2] * shape[3]
+        if len(self._static) < self.options.max_static_shapes and pixels <= self.options.max_static_pixels:
             model = self._model.clone()
             model.reshape({self._input_name: list(shape)})
             request = self._core.compile_model(model, "CPU", self._config).create_infer_request()

@@ -23,6 +23,7 @@ from ..memory import trim_heap
 from .admission import LOW_THRESHOLD, CostModel, EngineAdmission, Ticket, network_pixels
 from .batching import Batcher, BatchStats, QueueFullError
 from .settings import ServeSettings
+from .uploads import HeaderNeedsTime, probe_image
 
 __all__ = ["DetectOptions", "Detection", "DetectionService", "DetectorLike", "ServeConfigError", "build_detector"]
 
@@ -33,6 +34,9 @@ R = TypeVar("R")
 _TRIM_AFTER_BYTES = 12_000_000
 """Decoded pixels in one batch (bytes, ~4 Mpx RGB) above which freed memory is handed back to the OS."""
 _TRIM_INTERVAL_S = 1.0
+_LOOP_HEADER_READS = 256
+"""Reads of a header parse allowed on the event loop (~1 us each): the shared photos and every format PIL writes
+need 3-41."""
 _RENDER_S_PER_PIXEL = 6e-8
 """Prior for beautify's pool work until a render is measured: 1.5 s for a 24 Mpx photo (decode, 64 faces, encode)."""
 _RENDER_S_PER_IMAGE = 0.01
@@ -205,6 +209,7 @@ class DetectionService:
         """Render-pool seconds per decoded pixel (decode, smoothing, encode), learnt from every render."""
         self.render_admission = EngineAdmission(self.render_costs, lambda: _RENDER_TARGET_S)
         self.workers: ThreadPoolExecutor | None = None
+        self.parsers: ThreadPoolExecutor | None = None
         self.renderers: ThreadPoolExecutor | None = None
         self.batcher: Batcher[_Job, Detection] = Batcher(
             self._run_batch,
@@ -308,6 +313,18 @@ class DetectionService:
         """A place in the engine's backlog for these images (OverCapacityError / NeverFitsError otherwise)."""
         return self.admission.admit(self.estimate_s(sizes, options), deadline_s)
 
+    async def probe(self, data: bytes) -> tuple[str, int, int]:
+        """(format, width, height) from an upload's header (415/413/400 as ApiError, see ``probe_image``). A header
+        that parses in a few hundred reads, as every normal photo's does (well under a millisecond), is read right
+        here on the event loop; a longer one is parsed again on a pool of its own with ``header_parse_ms`` of CPU
+        time, so hostile headers queue behind each other, never in front of normal uploads' decoding."""
+        max_pixels = self.settings.max_pixels
+        try:
+            return probe_image(data, max_pixels=max_pixels, max_reads=_LOOP_HEADER_READS)
+        except HeaderNeedsTime:
+            budget_s = self.settings.header_parse_ms / 1000
+            return await _in_pool(self.parsers, probe_image, data, max_pixels=max_pixels, budget_s=budget_s)
+
     async def in_workers(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run ``fn`` on the bounded pool that parses headers and decodes images for detection, never on the
         event loop; a call not yet started when its caller is cancelled never runs."""
@@ -329,6 +346,7 @@ class DetectionService:
         the one that will run it."""
         threads = self.settings.image_workers or max(2, os.cpu_count() or 2)
         self.workers = ThreadPoolExecutor(threads, "image")
+        self.parsers = ThreadPoolExecutor(1, "parse")
         self.renderers = ThreadPoolExecutor(max(1, threads // 2), "render")
         await self.batcher.start()
         self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
@@ -343,7 +361,7 @@ class DetectionService:
         """Stop taking work and finish what is queued (graceful shutdown)."""
         self.ready = False
         await self.batcher.stop()
-        for pool in (self.workers, self.renderers):
+        for pool in (self.workers, self.parsers, self.renderers):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 

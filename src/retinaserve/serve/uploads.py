@@ -23,6 +23,7 @@ from .errors import ApiError
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "HeaderNeedsTime",
     "Upload",
     "decode_upload",
     "decode_upload_reduced",
@@ -139,31 +140,42 @@ class _ParseTimeUp(Exception):
     """Raised inside PIL's header parser when it has used up its time (not one of the errors PIL catches)."""
 
 
-class _TimedBytes(io.BytesIO):
-    """In-memory bytes whose every read fails once the reading thread has used ``budget_s`` of CPU time: PIL's
-    parsers read chunk by chunk and marker by marker, so a header of a million empty chunks stops within the
-    budget instead of holding a thread (and the GIL) for seconds. CPU time, not wall time, so that a thread
-    starved by others is not mistaken for a slow parse."""
+class HeaderNeedsTime(Exception):
+    """The header needs more reads than the caller allowed (``max_reads``): parse it again off the event loop, with a
+    CPU-time budget. Normal headers take a few dozen reads; a header of a million empty chunks does not."""
+
+
+class _BoundedBytes(io.BytesIO):
+    """In-memory bytes whose reads stop the parser past ``max_reads`` reads, or once the reading thread has used
+    ``budget_s`` of CPU time: PIL's parsers read chunk by chunk and marker by marker, so a header of a million empty
+    chunks stops within the budget instead of holding a thread (and the GIL) for seconds. CPU time, not wall time,
+    so that a thread starved by others is not mistaken for a slow parse."""
 
     _CHECK_EVERY = 256
     """Reads between two looks at the clock (a thread's CPU clock is a system call: ~1 us, as long as a read)."""
 
-    def __init__(self, data: bytes, budget_s: float) -> None:
+    def __init__(self, data: bytes, budget_s: float | None, max_reads: int | None) -> None:
         super().__init__(data)
-        self.deadline = time.thread_time() + budget_s
+        self.deadline = None if budget_s is None else time.thread_time() + budget_s
+        self.max_reads = max_reads
         self.reads = 0
 
     def read(self, size: int | None = -1, /) -> bytes:
         self.reads += 1
-        if self.reads % self._CHECK_EVERY == 0 and time.thread_time() > self.deadline:
+        if self.max_reads is not None and self.reads > self.max_reads:
+            raise HeaderNeedsTime
+        if self.deadline is not None and self.reads % self._CHECK_EVERY == 0 and time.thread_time() > self.deadline:
             raise _ParseTimeUp
         return super().read(size)
 
 
-def probe_image(data: bytes, *, max_pixels: int, budget_s: float | None = None) -> tuple[str, int, int]:
+def probe_image(
+    data: bytes, *, max_pixels: int, budget_s: float | None = None, max_reads: int | None = None
+) -> tuple[str, int, int]:
     """(format, width, height) from the magic bytes and the header alone: 415 for data that is not one of
-    ACCEPTED_FORMATS, 413 for too many pixels or for a header that takes more than ``budget_s`` to parse, 400 for
-    empty data or a broken header. CPU-bound on hostile input: call it off the event loop."""
+    ACCEPTED_FORMATS, 413 for too many pixels or for a header that takes more than ``budget_s`` of CPU time to
+    parse, 400 for empty data or a broken header; HeaderNeedsTime past ``max_reads`` reads. CPU-bound on hostile
+    input: without ``max_reads``, call it off the event loop."""
     if not data:
         raise ApiError(400, "invalid_image", "empty image data (0 bytes)")
     sniffed = sniff_format(data)
@@ -174,12 +186,15 @@ def probe_image(data: bytes, *, max_pixels: int, budget_s: float | None = None) 
             f"the data is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)}); "
             "the type is read from the content, not the file name or content type",
         )
-    stream = io.BytesIO(data) if budget_s is None else _TimedBytes(data, budget_s)
+    bounded = budget_s is not None or max_reads is not None
+    stream = _BoundedBytes(data, budget_s, max_reads) if bounded else io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(stream, formats=[sniffed]) as image:
                 fmt, (width, height) = str(image.format), image.size
+    except HeaderNeedsTime:
+        raise
     except _ParseTimeUp:
         raise ApiError(
             413,

@@ -24,7 +24,7 @@ from ..errors import ApiError
 from ..inference import Detection, DetectionService, DetectOptions
 from ..metrics import ServiceMetrics
 from ..settings import ServeSettings
-from ..uploads import decode_upload_reduced, probe_image
+from ..uploads import decode_upload_reduced
 
 __all__ = [
     "UPLOAD_BODY",
@@ -128,11 +128,8 @@ async def deadline(ctx: DetectContext) -> AsyncIterator[float]:
 
 
 async def probe(data: bytes, ctx: DetectContext) -> tuple[int, int]:
-    """(height, width) from the image's header, parsed on the worker pool within ``header_parse_ms``
-    (415/413/400 without decoding)."""
-    _, width, height = await ctx.service.in_workers(
-        probe_image, data, max_pixels=ctx.settings.max_pixels, budget_s=ctx.settings.header_parse_ms / 1000
-    )
+    """(height, width) from the image's header, never stalling the event loop (415/413/400 without decoding)."""
+    _, width, height = await ctx.service.probe(data)
     return height, width
 
 

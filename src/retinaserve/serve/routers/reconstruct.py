@@ -21,7 +21,7 @@ from ..metrics import ServiceMetrics
 from ..reconstruct import ReconstructionOutcome, ReconstructionService, ReconstructOptions
 from ..schemas import ErrorResponse
 from ..settings import ServeSettings
-from ..uploads import probe_image, read_uploads
+from ..uploads import read_uploads
 from .common import UPLOAD_BODY
 
 router = APIRouter(prefix="/v1", tags=["3d"], dependencies=[Depends(require_api_key)])
@@ -83,9 +83,7 @@ async def admit_upload(
     in the admission queue sized by the job's memory estimate (429 when the queue is full)."""
     uploads = await read_uploads(request, limit=settings.max_upload_bytes, max_files=1)
     data = uploads[0].data
-    _, width, height = await service.detection.in_workers(  # off the event loop, within the parse budget
-        probe_image, data, max_pixels=settings.max_pixels, budget_s=settings.header_parse_ms / 1000
-    )
+    _, width, height = await service.detection.probe(data)  # never stalls the event loop
     try:
         return data, service.admit(width * height, options)
     except QueueFullError:
