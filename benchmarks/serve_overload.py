@@ -17,8 +17,9 @@ the Retry-After, at most 2 s, unless ``--no-backoff``) split by ``--normal/--exp
 - hostile: ~9.6 MB images whose headers are slow to parse (``hostile_images``: empty PNG chunks, JPEG COM markers,
   GIF comment extensions).
 
-Meanwhile /healthz is requested every 50 ms (on a schedule, each probe timed on its own, so a stalled event loop
-shows in full) and the server's RSS (with its children) every 0.5 s. Before the first phase, sequential normal
+Meanwhile /healthz is requested every 50 ms from a process of its own (so the load generator's busy event loop does
+not add its lag to what is measured; a stalled server shows as one long probe) and the server's RSS (with its
+children) is sampled every 0.5 s. Before the first phase, sequential normal
 requests give the unloaded p50/p99; when a phase's time is up its clients send nothing new, and the recovery time is
 how long until a normal request (on a separate connection pool) answers 200 within ``--latency-factor`` x the
 unloaded p99. In-flight requests are still waited for (``--timeout``) and counted. Payloads are built once, before
@@ -33,6 +34,7 @@ import asyncio
 import collections
 import io
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -281,32 +283,30 @@ async def client_loop(
             await asyncio.sleep(max(0.0, min(retry_after or 1.0, MAX_BACKOFF_S, deadline - time.monotonic())))
 
 
-async def probe_healthz(
-    client: httpx2.AsyncClient, stop: asyncio.Event, latencies: list[float], failures: list[str]
+def probe_healthz_process(
+    base: str, headers: dict[str, str], stop: Any, results: Any, interval_s: float = 0.05
 ) -> None:
-    """GET /healthz every HEALTHZ_INTERVAL_S on a fixed schedule (not after the last answer) until ``stop``."""
-    pending: set[asyncio.Task[None]] = set()
-
-    async def one() -> None:
-        start = time.perf_counter()
-        try:
-            status = (await client.get("/healthz")).status_code
-            if status != 200:
-                failures.append(str(status))
-        except httpx2.TimeoutException:
-            failures.append(TIMEOUT)
-        except httpx2.TransportError:
-            failures.append(CONNECTION_ERROR)
-        latencies.append(time.perf_counter() - start)
-
-    next_at = time.monotonic()
-    while not stop.is_set():
-        task = asyncio.create_task(one())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-        next_at += HEALTHZ_INTERVAL_S
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    await asyncio.gather(*pending)
+    """In a process of its own (so the load generator's busy event loop does not add its lag to the measurement):
+    GET /healthz every ``interval_s`` on one kept-alive connection until ``stop`` is set; puts (latencies, failures)
+    on ``results``. A stalled server shows as one long probe, and the next starts at once."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    with httpx2.Client(base_url=base, headers=headers, timeout=30) as client:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status = client.get("/healthz").status_code
+                if status != 200:
+                    failures.append(str(status))
+            except httpx2.TimeoutException:
+                failures.append(TIMEOUT)
+            except httpx2.TransportError:
+                failures.append(CONNECTION_ERROR)
+            latencies.append(time.perf_counter() - start)
+            next_at += interval_s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    results.put((latencies, failures))
 
 
 async def sample_rss(server: ServerProcess, stop: asyncio.Event, samples: list[tuple[float, float]]) -> None:
@@ -388,17 +388,16 @@ async def run_phase(
     stop_probes, stop_rss = asyncio.Event(), asyncio.Event()
     rss_before = server.rss_mib()
     load_limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
-    probe_limits = httpx2.Limits(max_connections=128, max_keepalive_connections=8)
     client_cpu_before, server_cpu_before = time.process_time(), server.cpu_s()
     async with (
         httpx2.AsyncClient(base_url=base, headers=headers, timeout=args.timeout, limits=load_limits) as load,
-        httpx2.AsyncClient(base_url=base, headers=headers, timeout=args.timeout, limits=probe_limits) as probe,
         httpx2.AsyncClient(base_url=base, headers=headers) as recovery_client,
     ):
-        background = [
-            asyncio.create_task(probe_healthz(probe, stop_probes, healthz, healthz_failures)),
-            asyncio.create_task(loop_lag(stop_probes, lags)),
-        ]
+        context = multiprocessing.get_context("spawn")
+        probe_stop, probe_results = context.Event(), context.Queue()
+        prober = context.Process(target=probe_healthz_process, args=(base, headers, probe_stop, probe_results))
+        prober.start()
+        background = [asyncio.create_task(loop_lag(stop_probes, lags))]
         rss_task = asyncio.create_task(sample_rss(server, stop_rss, rss))
         started = time.monotonic()
         deadline = started + args.seconds
@@ -420,6 +419,11 @@ async def run_phase(
         )
         stop_probes.set()
         await asyncio.gather(*background)
+        probe_stop.set()
+        latencies, failures = await asyncio.to_thread(probe_results.get, True, 60)
+        prober.join(timeout=10)
+        healthz.extend(latencies)
+        healthz_failures.extend(failures)
         client_cpu = time.process_time() - client_cpu_before
         server_cpu_after = server.cpu_s()
         wall = time.monotonic() - started
