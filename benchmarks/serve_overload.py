@@ -17,14 +17,14 @@ the Retry-After, at most 2 s, unless ``--no-backoff``) split by ``--normal/--exp
 - hostile: ~9.6 MB images whose headers are slow to parse (``hostile_images``: empty PNG chunks, JPEG COM markers,
   GIF comment extensions).
 
-Meanwhile /healthz is requested every 50 ms from a process of its own (so the load generator's busy event loop does
-not add its lag to what is measured; a stalled server shows as one long probe) and the server's RSS (with its
-children) is sampled every 0.5 s. Before the first phase, sequential normal
-requests give the unloaded p50/p99; when a phase's time is up its clients send nothing new, and the recovery time is
-how long until a normal request (on a separate connection pool) answers 200 within ``--latency-factor`` x the
-unloaded p99. In-flight requests are still waited for (``--timeout``) and counted. Payloads are built once, before
-the server starts; one event loop drives every client, so the client's own CPU and loop lag are reported too.
-Exits 1 when a goal fails. Not part of the test suite.
+Meanwhile /healthz is requested every 50 ms on a schedule from a process of its own (each probe on its own thread,
+so a stalled server shows in every probe that waits on it, and the load generator's busy event loop adds no lag) and
+the server's RSS (with its children) is sampled every 0.5 s. Before the first phase, sequential normal requests give
+the unloaded p50/p99; when a phase's time is up its clients send nothing new, and the recovery time is how long
+until a normal request (on a separate connection pool) answers 200 within ``--latency-factor`` x the unloaded p99.
+In-flight requests are still waited for (``--timeout``) and counted. Payloads are built once, before the server
+starts; one event loop drives every client, so the client's own CPU and loop lag are reported too. Exits 1 when a
+goal fails. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -284,26 +285,35 @@ async def client_loop(
 
 
 def probe_healthz_process(
-    base: str, headers: dict[str, str], stop: Any, results: Any, interval_s: float = 0.05
+    base: str, headers: dict[str, str], stop: Any, results: Any, interval_s: float = HEALTHZ_INTERVAL_S
 ) -> None:
     """In a process of its own (so the load generator's busy event loop does not add its lag to the measurement):
-    GET /healthz every ``interval_s`` on one kept-alive connection until ``stop`` is set; puts (latencies, failures)
-    on ``results``. A stalled server shows as one long probe, and the next starts at once."""
+    GET /healthz every ``interval_s`` on a fixed schedule, each probe on a thread of its own (not after the last
+    answer, so a stalled server shows in every probe that waits on it), until ``stop`` is set; puts (latencies,
+    failures) on ``results``."""
     latencies: list[float] = []
     failures: list[str] = []
-    with httpx2.Client(base_url=base, headers=headers, timeout=30) as client:
+
+    def one(client: httpx2.Client) -> None:
+        start = time.perf_counter()
+        try:
+            status = client.get("/healthz").status_code
+            if status != 200:
+                failures.append(str(status))
+        except httpx2.TimeoutException:
+            failures.append(TIMEOUT)
+        except httpx2.TransportError:
+            failures.append(CONNECTION_ERROR)
+        latencies.append(time.perf_counter() - start)
+
+    limits = httpx2.Limits(max_connections=128, max_keepalive_connections=8)
+    with (
+        httpx2.Client(base_url=base, headers=headers, timeout=60, limits=limits) as client,
+        ThreadPoolExecutor(128) as pool,
+    ):
         next_at = time.monotonic()
         while not stop.is_set():
-            start = time.perf_counter()
-            try:
-                status = client.get("/healthz").status_code
-                if status != 200:
-                    failures.append(str(status))
-            except httpx2.TimeoutException:
-                failures.append(TIMEOUT)
-            except httpx2.TransportError:
-                failures.append(CONNECTION_ERROR)
-            latencies.append(time.perf_counter() - start)
+            pool.submit(one, client)
             next_at += interval_s
             time.sleep(max(0.0, next_at - time.monotonic()))
     results.put((latencies, failures))
