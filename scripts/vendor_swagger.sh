@@ -23,33 +23,11 @@ FILES=(
   "swagger-ui.css:swagger-ui.css"
 )
 
-for tool in npm openssl sha256sum tar; do
-  command -v "$tool" >/dev/null || { echo "vendor_swagger.sh: $tool not found" >&2; exit 1; }
-done
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-
-expected="$(npm view "$PACKAGE@$VERSION" dist.integrity 2>/dev/null)"
-case "$expected" in
-  sha512-*) ;;
-  *) echo "vendor_swagger.sh: npm reported no sha512 integrity for $PACKAGE@$VERSION (got '$expected')" >&2; exit 1 ;;
-esac
-tarball="$(npm pack "$PACKAGE@$VERSION" --pack-destination "$WORK" --silent 2>/dev/null | tail -n 1)"
-actual="sha512-$(openssl dgst -sha512 -binary "$WORK/$tarball" | base64 | tr -d '\n')"
-if [ "$actual" != "$expected" ]; then
-  echo "vendor_swagger.sh: integrity mismatch for $tarball: npm reports $expected, the tarball is $actual" >&2
-  exit 1
-fi
-tar -xzf "$WORK/$tarball" -C "$WORK"  # into $WORK/package/
-
-rm -rf "$DEST"
-mkdir -p "$DEST"
-for entry in "${FILES[@]}"; do
-  source="${entry%%:*}"
-  target="${entry#*:}"
-  cp "$WORK/package/$source" "$DEST/$target"
-done
+# shellcheck source=scripts/vendor_npm.sh
+source "$ROOT/scripts/vendor_npm.sh"
+vendor_npm "$PACKAGE" "$VERSION" "$DEST" "${FILES[@]}"
+tarball="$VENDOR_NPM_TARBALL"
+expected="$VENDOR_NPM_INTEGRITY"
 
 # The stylesheet must load nothing from elsewhere: its url(...) values are data: URIs only.
 if grep -oE 'url\([^)]*\)' "$DEST/swagger-ui.css" | grep -vqE '^url\((["'"'"']?)data:'; then

@@ -19,8 +19,8 @@ from .batching import QueueFullError
 
 __all__ = [
     "LOW_THRESHOLD",
+    "Backlog",
     "CostModel",
-    "EngineAdmission",
     "NeverFitsError",
     "OverCapacityError",
     "Ticket",
@@ -106,7 +106,7 @@ class Ticket:
     """An admitted request's share of the backlog. Each image gives its part back as soon as the engine is done with
     it (:meth:`release`), and whatever is left goes back when the ``with`` block ends."""
 
-    def __init__(self, admission: EngineAdmission, cost_s: float) -> None:
+    def __init__(self, admission: Backlog, cost_s: float) -> None:
         self.admission = admission
         self.held_s = cost_s
         self._open = True
@@ -130,12 +130,15 @@ class Ticket:
 
 
 @dataclass
-class EngineAdmission:
-    """The engine's backlog in seconds and the rule that admits work into it (event-loop only, so no lock)."""
+class Backlog:
+    """The work admitted into one resource (the engine, the render pool) in seconds, and the rule that admits more
+    (event-loop only, so no lock); ``holder`` and ``work`` name them in the refusals' messages."""
 
-    costs: CostModel
     target_wait: Callable[[], float]
     """How long an admitted request may wait for the work ahead of it, in seconds."""
+    holder: str = "the engine"
+    work: str = "model time"
+    advice: str = "send a smaller image, fewer images or a smaller long_side / det_size"
     backlog_s: float = 0.0
     admitted: int = 0
 
@@ -144,22 +147,22 @@ class EngineAdmission:
         target = self.target_wait()
         if self.admitted and self.backlog_s > target:
             raise OverCapacityError(
-                f"the engine has {self.backlog_s:.2f} s of work queued (a new request may wait {target:.2f} s)",
+                f"{self.holder} has {self.backlog_s:.2f} s of work queued (a new request may wait {target:.2f} s)",
                 self.backlog_s - target,
             )
 
     def admit(self, cost_s: float, deadline_s: float) -> Ticket:
-        """A ticket for ``cost_s`` of engine time that must finish within ``deadline_s``: NeverFitsError when it
-        cannot even alone, OverCapacityError when the work ahead is too long now."""
+        """A ticket for ``cost_s`` of work that must finish within ``deadline_s``: NeverFitsError when it cannot
+        even alone, OverCapacityError when the work ahead is too long now."""
         if cost_s > deadline_s:
             raise NeverFitsError(
-                f"the request needs about {cost_s:.1f} s of model time, more than its {deadline_s:g} s deadline; "
-                "send a smaller image, fewer images or a smaller long_side / det_size"
+                f"the request needs about {cost_s:.1f} s of {self.work}, more than its {deadline_s:g} s deadline; "
+                f"{self.advice}"
             )
         self.check()
         if self.admitted and self.backlog_s + cost_s > deadline_s:
             raise OverCapacityError(
-                f"the engine has {self.backlog_s:.2f} s of work queued; this request's {cost_s:.2f} s would not "
+                f"{self.holder} has {self.backlog_s:.2f} s of work queued; this request's {cost_s:.2f} s would not "
                 f"finish within {deadline_s:g} s",
                 self.backlog_s + cost_s - deadline_s,
             )

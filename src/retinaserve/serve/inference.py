@@ -20,7 +20,7 @@ from ..detection import ImageResult, ResizePolicy
 from ..errors import RetinaServeError
 from ..images import ReducedImage, TargetSize
 from ..memory import trim_heap
-from .admission import LOW_THRESHOLD, CostModel, EngineAdmission, Ticket, network_pixels
+from .admission import LOW_THRESHOLD, Backlog, CostModel, Ticket, network_pixels
 from .batching import Batcher, BatchStats, QueueFullError
 from .settings import ServeSettings
 from .uploads import HeaderNeedsTime, probe_image
@@ -204,10 +204,12 @@ class DetectionService:
         self.ready = False
         self.pixels_in_flight = 0
         self.costs = CostModel()
-        self.admission = EngineAdmission(self.costs, self.target_wait_s)
+        self.admission = Backlog(self.target_wait_s)
         self.render_costs = CostModel(_RENDER_S_PER_PIXEL, _RENDER_S_PER_IMAGE)
         """Render-pool seconds per decoded pixel (decode, smoothing, encode), learnt from every render."""
-        self.render_admission = EngineAdmission(self.render_costs, lambda: _RENDER_TARGET_S)
+        self.render_admission = Backlog(
+            lambda: _RENDER_TARGET_S, "the render pool", "rendering time", "send a smaller image"
+        )
         self.workers: ThreadPoolExecutor | None = None
         self.parsers: ThreadPoolExecutor | None = None
         self.renderers: ThreadPoolExecutor | None = None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, Query
@@ -123,8 +123,7 @@ async def deadline(ctx: DetectContext) -> AsyncIterator[float]:
         async with asyncio.timeout(ctx.settings.request_timeout_s):
             yield time.monotonic() + ctx.settings.request_timeout_s
     except TimeoutError:
-        ctx.metrics.rejected.labels("timeout").inc()
-        raise ApiError(504, "timeout", f"no result within {ctx.settings.request_timeout_s:g} s") from None
+        raise _timed_out(ctx) from None
 
 
 async def probe(data: bytes, ctx: DetectContext) -> tuple[int, int]:
@@ -150,13 +149,8 @@ async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> Asyn
             "at once; send them in smaller requests",
         )
     with ExitStack() as held:
-        try:
-            ticket = held.enter_context(ctx.service.admit(sizes, ctx.options, settings.request_timeout_s))
-        except NeverFitsError as exc:
-            ctx.metrics.rejected.labels("never_fits").inc()
-            raise ApiError(413, "request_too_expensive", str(exc)) from None
-        except OverCapacityError as exc:
-            raise _busy(ctx, "engine_backlog", exc) from None
+        deadline_s = settings.request_timeout_s
+        ticket = held.enter_context(_ticket(ctx, "engine_backlog", ctx.service.admit, sizes, ctx.options, deadline_s))
         try:
             held.enter_context(ctx.service.reserve(pixels))
         except QueueFullError:
@@ -168,15 +162,20 @@ async def admitted(sizes: Sequence[tuple[int, int]], ctx: DetectContext) -> Asyn
 async def render_admitted(pixels: int, ctx: DetectContext) -> AsyncIterator[Ticket]:
     """Hold the estimated render-pool time of work over an image of ``pixels`` decoded pixels while the block runs:
     413 when it alone cannot finish within the deadline, 429 with Retry-After when too much is admitted ahead."""
+    with _ticket(ctx, "render_backlog", ctx.service.admit_render, pixels, ctx.settings.request_timeout_s) as ticket:
+        yield ticket
+
+
+def _ticket(ctx: DetectContext, reason: str, admit: Callable[..., Ticket], *args: Any) -> Ticket:
+    """``admit(*args)`` (the engine's or the render pool's), its refusals as 413 ``request_too_expensive`` (never
+    fits) or 429 with Retry-After (counted under ``reason``)."""
     try:
-        ticket = ctx.service.admit_render(pixels, ctx.settings.request_timeout_s)
+        return admit(*args)
     except NeverFitsError as exc:
         ctx.metrics.rejected.labels("never_fits").inc()
-        raise ApiError(413, "request_too_expensive", str(exc).replace("model time", "rendering time")) from None
+        raise ApiError(413, "request_too_expensive", str(exc)) from None
     except OverCapacityError as exc:
-        raise _busy(ctx, "render_backlog", exc) from None
-    with ticket:
-        yield ticket
+        raise _busy(ctx, reason, exc) from None
 
 
 async def decode_for_detection(data: bytes, ctx: DetectContext) -> ReducedImage:
@@ -186,6 +185,11 @@ async def decode_for_detection(data: bytes, ctx: DetectContext) -> ReducedImage:
     return await ctx.service.in_workers(
         decode_upload_reduced, data, max_pixels=ctx.settings.max_pixels, target_size=target_size
     )
+
+
+def _timed_out(ctx: DetectContext) -> ApiError:
+    ctx.metrics.rejected.labels("timeout").inc()
+    return ApiError(504, "timeout", f"no result within {ctx.settings.request_timeout_s:g} s")
 
 
 def _busy(ctx: DetectContext, reason: str, exc: OverCapacityError | None = None) -> ApiError:
@@ -203,8 +207,7 @@ async def run_detection(image: np.ndarray | ReducedImage, ctx: DetectContext) ->
     except QueueFullError:
         raise _busy(ctx, "queue_full") from None
     except TimeoutError:
-        ctx.metrics.rejected.labels("timeout").inc()
-        raise ApiError(504, "timeout", f"no result within {ctx.settings.request_timeout_s:g} s") from None
+        raise _timed_out(ctx) from None
     except BatcherClosedError:
         ctx.metrics.rejected.labels("shutting_down").inc()
         raise ApiError(503, "unavailable", "the server is shutting down", headers={"Retry-After": "1"}) from None
