@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reconstruct_parser(sub)
 
+    from .video.cli import add_video_parser
+
+    add_video_parser(sub)
+
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)

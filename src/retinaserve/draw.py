@@ -21,21 +21,30 @@ LANDMARK_COLOURS = {
 _BOX = (40, 220, 60)
 
 
-def draw_faces(image: np.ndarray | Image.Image, faces: Sequence[Face], *, landmarks: bool = True) -> Image.Image:
-    """A copy of ``image`` (RGB) with each face's box, score and five points drawn, scaled to the image size."""
+def draw_faces(
+    image: np.ndarray | Image.Image,
+    faces: Sequence[Face],
+    *,
+    landmarks: bool = True,
+    labels: Sequence[str] | None = None,
+) -> Image.Image:
+    """A copy of ``image`` (RGB) with each face's box, label (default: its score) and five points drawn, scaled to
+    the image size."""
+    if labels is not None and len(labels) != len(faces):
+        raise ValueError(f"{len(labels)} labels for {len(faces)} faces")
     canvas = image.copy() if isinstance(image, Image.Image) else Image.fromarray(image)
     canvas = canvas.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     base_line = max(1, round(max(canvas.size) / 500))
     fonts: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
-    for face in faces:
+    for index, face in enumerate(faces):
         x1, y1, x2, y2 = face.box
         # small faces get thin lines and small labels so that crowds stay readable
         line = max(1, min(base_line, round(min(face.width, face.height) / 40)))
         font_size = int(max(8, min(6 * base_line + 6, face.height * 0.3)))
         font = fonts.setdefault(font_size, ImageFont.load_default(size=font_size))
         draw.rectangle((x1, y1, x2, y2), outline=_BOX, width=line)
-        label = f"{face.score:.2f}"
+        label = labels[index] if labels is not None else f"{face.score:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
         text_h = bottom - top
         draw.rectangle((x1, y1 - text_h - 2 * line, x1 + right - left + 2 * line, y1), fill=_BOX)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..detection import ResizePolicy
 
-__all__ = ["BucketedResize", "choose_bucket", "default_buckets"]
+__all__ = ["BucketedResize", "PaddedResize", "choose_bucket", "common_shape", "default_buckets"]
 
 Size = tuple[int, int]
 """(width, height) in pixels."""
@@ -70,3 +70,46 @@ class BucketedResize(ResizePolicy):
 
     def __str__(self) -> str:
         return "buckets " + ", ".join(f"{w}x{h}" for w, h in self.buckets)
+
+
+@dataclass(frozen=True)
+class PaddedResize(ResizePolicy):
+    """Scale as ``long_side`` (and the model's rule) say, then pad bottom/right to one fixed (W, H) ``shape``.
+
+    Images of different aspect ratios get one input shape and batch together, each at exactly the scale it has
+    alone; only the zero padding differs. An image whose scaled size exceeds ``shape`` keeps its own padded size.
+    """
+
+    shape: Size = (640, 640)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.long_side is None or self.det_size is not None:
+            raise ValueError("PaddedResize pads a long_side policy; det_size already gives one shape")
+
+    def padded_size(self, height: int, width: int, multiple: int = 1) -> tuple[int, int]:
+        own_h, own_w = super().padded_size(height, width, multiple)
+        return max(own_h, math.ceil(self.shape[1] / multiple) * multiple), max(
+            own_w, math.ceil(self.shape[0] / multiple) * multiple
+        )
+
+    def __str__(self) -> str:
+        return f"long side {self.long_side}, padded to {self.shape[0]}x{self.shape[1]}"
+
+
+def common_shape(
+    policy: ResizePolicy, sizes: Sequence[Size], multiple: int = 1, *, max_padding: float = 0.35
+) -> PaddedResize | None:
+    """A :class:`PaddedResize` that gives images of these (W, H) sizes one input shape, where ``policy`` sizes
+    by long side, the sizes need more than one shape, and the padding it adds is at most ``max_padding`` of the
+    inputs' own pixels (4:3 with 16:9 at one long side adds 25 %); else None."""
+    if policy.long_side is None or policy.det_size is not None or len(sizes) < 2:
+        return None
+    padded = [policy.padded_size(h, w, multiple) for w, h in sizes]
+    if len(set(padded)) < 2:
+        return None
+    shape_h, shape_w = max(h for h, _ in padded), max(w for _, w in padded)
+    own = sum(h * w for h, w in padded)
+    if shape_h * shape_w * len(padded) > (1 + max_padding) * own:
+        return None
+    return PaddedResize(long_side=policy.long_side, rule=policy.rule, shape=(shape_w, shape_h))

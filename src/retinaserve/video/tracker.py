@@ -1,0 +1,98 @@
+"""Track ids for faces across the frames of one stream: IoU matching with Hungarian assignment (SciPy), a
+constant-velocity guess of where each track's box moved, and ageing out of tracks not seen for a while.
+
+Libraries considered: ``trackers`` (Roboflow's SORT/ByteTrack) and ``supervision``'s ByteTrack take their own
+detection containers and may drop low-score boxes, so our landmarks would have to be matched back to their output;
+``norfair`` brings a Kalman filter and distance functions we do not need for faces found in every frame;
+``boxmot`` pulls in re-identification networks. Faces from a detector run on every frame move little between
+frames, so IoU assignment with a velocity guess is what SORT does without the Kalman filter, in 60 lines on a
+dependency we already have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..detection.boxes import box_iou
+from ..detection.results import Face
+
+__all__ = ["IoUTracker"]
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: np.ndarray  # (4,) x1y1x2y2 where it was last seen
+    velocity: np.ndarray  # (4,) per frame, smoothed
+    last_frame: int
+
+    def predicted(self, frame: int) -> np.ndarray:
+        return self.box + self.velocity * (frame - self.last_frame)
+
+
+class IoUTracker:
+    """Assigns each face of each frame a ``track_id`` that stays the same while the face moves.
+
+    A face matches the track whose predicted box overlaps it most (IoU >= ``min_iou`` of both boxes grown by
+    ``buffer`` of their size on each side; one face per track, globally optimal); an unmatched face starts a new
+    track; a track unseen for more than ``max_age`` frames ends. On a pan over a crowd (100 frames, ~80 faces of
+    10-20 px each) the buffer of 0.5 cut the tracks started from 677 to 351, and at every 2nd frame from 1200 to
+    318.
+    Frames must come in order; frame numbers may skip (``--every N``, dropped live frames).
+    """
+
+    def __init__(self, *, min_iou: float = 0.3, max_age: int = 30, smoothing: float = 0.5, buffer: float = 0.5) -> None:
+        if not 0.0 < min_iou <= 1.0 or max_age < 0 or not 0.0 <= smoothing < 1.0 or buffer < 0:
+            raise ValueError("min_iou must be in (0, 1], max_age >= 0, smoothing in [0, 1) and buffer >= 0")
+        self.min_iou = min_iou
+        self.max_age = max_age
+        self.smoothing = smoothing
+        self.buffer = buffer
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._last_frame: int | None = None
+
+    @property
+    def tracks_started(self) -> int:
+        """How many track ids were handed out so far."""
+        return self._next_id - 1
+
+    def update(self, frame: int, faces: Sequence[Face]) -> list[int]:
+        """The track id of each face of ``frame``, in the order of ``faces``."""
+        if self._last_frame is not None and frame <= self._last_frame:
+            raise ValueError(f"frames must come in order: {frame} after {self._last_frame}")
+        self._last_frame = frame
+        self._tracks = [t for t in self._tracks if frame - t.last_frame <= self.max_age]
+        boxes = np.array([face.box for face in faces], dtype=np.float64).reshape(-1, 4)
+        ids = [0] * len(faces)
+        matched: set[int] = set()
+        if self._tracks and len(faces):
+            predicted = np.stack([t.predicted(frame) for t in self._tracks])
+            iou = box_iou(_buffered(boxes, self.buffer), _buffered(predicted, self.buffer)).numpy()
+            rows, cols = linear_sum_assignment(-iou)
+            for row, col in zip(rows, cols):
+                if iou[row, col] >= self.min_iou:
+                    track = self._tracks[col]
+                    step = (boxes[row] - track.box) / (frame - track.last_frame)
+                    track.velocity = self.smoothing * track.velocity + (1 - self.smoothing) * step
+                    track.box, track.last_frame = boxes[row], frame
+                    ids[row] = track.track_id
+                    matched.add(row)
+        for row in range(len(faces)):
+            if row not in matched:
+                self._tracks.append(_Track(self._next_id, boxes[row], np.zeros(4), frame))
+                ids[row] = self._next_id
+                self._next_id += 1
+        return ids
+
+
+def _buffered(boxes: np.ndarray, buffer: float) -> torch.Tensor:
+    """Boxes (N, 4) grown by ``buffer`` of their size on every side (C-BIoU's buffered IoU: small or fast faces
+    still overlap their track between frames)."""
+    grow = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1) * buffer * np.array([-1, -1, 1, 1])
+    return torch.from_numpy(boxes + grow)
