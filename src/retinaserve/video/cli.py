@@ -120,13 +120,12 @@ def cmd_video(args: argparse.Namespace) -> int:
         resize=ResizePolicy(long_side=args.long_side) if args.long_side else None,
     )
     log.info("%r", detector)
-    live = args.live or any(s.live for s in sources)
-    if live and not args.quiet:
+    if (args.live or any(s.live for s in sources)) and not args.quiet:
         _warn_if_too_many(detector, sources, args.max_fps)
     runtime = StreamRuntime(
         detector,
         sources,
-        live=live,
+        live=args.live,
         every=args.every,
         max_fps=args.max_fps,
         max_batch=args.batch,

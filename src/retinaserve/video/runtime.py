@@ -3,7 +3,8 @@ gathers frames across streams into batches, and each stream's results handed on 
 
 File mode processes every frame (or every Nth): a full queue makes its decoder wait. Live mode keeps only the
 newest frame of each stream and counts what it dropped, so latency stays one frame deep when the engine is slower
-than the cameras; files in live mode are paced at their own frame rate, as a camera would deliver them.
+than the cameras. Cameras and network streams are always live; files are live only when asked (``live=True``), and
+are then paced at their own frame rate, as a camera would deliver them.
 
 Batches take what is ready, one frame per stream per round, and never wait for more: a batch forms because the
 engine was busy while frames arrived. Streams whose network inputs differ in shape only by padding (16:9 next to
@@ -175,7 +176,7 @@ class StreamRuntime:
         self.batches: list[int] = []
         """Size of every network call made, in order."""
         self.infer_s = 0.0
-        self._queues = [_FrameQueue(queue_frames, live) for _ in self.sources]
+        self._queues = [_FrameQueue(queue_frames, live or s.live) for s in self.sources]
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._decoding = len(self.sources)
@@ -245,6 +246,7 @@ class StreamRuntime:
             "backend": self.detector.backend.name,
             "resize": str(self.resize),
             "mode": "live" if self.live else "file",
+            "live_streams": sum(q.keep_newest for q in self._queues),
             "interrupted": interrupted,
             "elapsed_s": round(elapsed, 3),
             "frames_processed": processed,

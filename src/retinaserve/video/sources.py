@@ -144,13 +144,22 @@ class VideoSource:
         except av.FFmpegError as exc:
             if self._closed:
                 return
-            raise VideoError(f"{self.name}: read failed after {index} frames ({_reason(exc, self.kind)})") from None
+            reason = _reason(exc, self.kind)
+            raise VideoError(f"{self.name}: read failed after {self._read(index)} ({reason})") from None
         except (OSError, ValueError) as exc:  # a closed container mid-read
             if self._closed:
                 return
-            raise VideoError(f"{self.name}: read failed after {index} frames ({exc})") from None
+            raise VideoError(f"{self.name}: read failed after {self._read(index)} ({exc})") from None
         if index == 0:
             raise VideoError(f"{self.name}: no frame could be decoded (corrupt or not a video)")
+        declared = self._stream.frames  # from the container's index (MP4, MKV); 0 where it has none (MPEG-TS, live)
+        if not self._closed and declared and index < declared * 0.98:
+            raise VideoError(f"{self.name}: ended after {self._read(index)} (truncated?)")
+
+    def _read(self, index: int) -> str:
+        """``7 frames``, or ``7 of its 30 frames`` where the container says how many it has."""
+        declared = self._stream.frames if self._container is not None else 0
+        return f"{index} of its {declared} frames" if declared else f"{index} frames"
 
     @property
     def time_base(self) -> Any:
