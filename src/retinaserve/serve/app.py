@@ -21,7 +21,7 @@ from .jobs import JobStore
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .openapi import install_docs, install_openapi
 from .reconstruct import ReconstructionService
-from .routers import beautify, detect, health, jobs, metrics, models, reconstruct
+from .routers import beautify, detect, health, jobs, metrics, models, reconstruct, stream
 from .settings import ServeSettings
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -111,7 +111,7 @@ def create_app(
     app.state.job_tasks = set()
     app.state.drain = Drain()
     install_error_handlers(app)
-    for module in (health, detect, beautify, reconstruct, jobs, models, metrics):
+    for module in (health, detect, stream, beautify, reconstruct, jobs, models, metrics):
         app.include_router(module.router)
     install_openapi(app, settings)
     install_docs(app)

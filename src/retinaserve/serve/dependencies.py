@@ -83,16 +83,20 @@ async def get_owner(request: Request) -> str | None:
     return owner_of(request.headers.get(settings.api_key_header)) if settings.auth_enabled else None
 
 
+def key_matches(settings: ServeSettings, given: str | None) -> bool:
+    """Whether ``given`` is one of the server's API keys (compared in constant time); HTTP and WebSocket routes."""
+    if not given:
+        return False
+    return any(hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys)
+
+
 async def require_api_key(request: Request) -> None:
     """401 unless the server has no keys or the request carries one of them (compared in constant time).
 
     The header is read by hand, not declared as a parameter: OpenAPI shows the scheme only when keys are configured
     (``openapi.py`` adds it then, under the configured header name)."""
     settings = _settings(request)
-    if not settings.auth_enabled:
-        return
-    given = request.headers.get(settings.api_key_header)
-    if given and any(hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys):
+    if not settings.auth_enabled or key_matches(settings, request.headers.get(settings.api_key_header)):
         return
     raise ApiError(
         401,

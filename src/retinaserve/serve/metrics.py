@@ -109,6 +109,19 @@ class ServiceMetrics:
         self.job_results = Gauge(
             "retinaserve_job_result_bytes", "Memory held by finished jobs' results.", registry=self.registry
         )
+        self.stream_connections = Gauge(
+            "retinaserve_stream_connections", "Open /v1/stream WebSockets.", registry=self.registry
+        )
+        self.stream_received = Counter(
+            "retinaserve_stream_frames_received", "Frames received on /v1/stream WebSockets.", registry=self.registry
+        )
+        self.stream_frames = Counter(
+            "retinaserve_stream_frames",
+            "What became of /v1/stream frames: processed, dropped (a newer frame of the same socket replaced it "
+            "before it ran) or failed (answered with an error).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "retinaserve_model_info",
             "The model being served (value 1).",

@@ -7,6 +7,10 @@ after a response, so an idle or slow-header connection is held as long as the cl
   else the connection is closed (with a 408 when part of a head came);
 - at most ``max_connections`` are open at once; beyond that a new connection gets a JSON 503 and is closed.
 
+WebSocket upgrades (``/v1/stream``) are handed to uvicorn's wsproto protocol, without permessage-deflate (camera
+frames are JPEGs, which do not compress) and with messages up to twice ``max_upload_bytes`` (larger ones are refused
+mid-stream with close code 1009; ``stream.py`` answers the ones in between with an error).
+
 Bodies have their own deadline in :class:`~retinaserve.serve.guard.RequestGuard`. On SIGTERM or Ctrl-C the server
 stops accepting, finishes what it can within ``graceful_shutdown_s``, answers the rest with the JSON 503, and the
 process exits 0 (uvicorn itself would re-raise the signal and die by it).
@@ -23,6 +27,7 @@ import sys
 from types import FrameType
 from typing import Any, ClassVar
 
+import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -89,6 +94,13 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # the head is complete and the socket is the WebSocket protocol's from here on: without this, the head
+        # timer (armed at connection_made, never cancelled since no request cycle starts) would write a 408 into
+        # the WebSocket and close it ``header_timeout_s`` after it opened
+        self._cancel_head_timer()
+        super().handle_websocket_upgrade(event)
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -158,6 +170,9 @@ def server_for(app: FastAPI, settings: ServeSettings, **config: Any) -> Server:
         http=guarded_protocol(settings),
         timeout_keep_alive=max(1, round(settings.keep_alive_s)),
         timeout_graceful_shutdown=round(settings.graceful_shutdown_s + _MARGIN_S + 0.5),
+        ws="wsproto",
+        ws_max_size=2 * settings.max_upload_bytes,
+        ws_per_message_deflate=False,
         **config,
     )
     return Server(uvicorn_config, drain, settings.graceful_shutdown_s)

@@ -153,7 +153,7 @@ async def detect(
     uploads = await read_uploads(request, limit=ctx.settings.max_upload_bytes, max_files=1)
     received = ms_since(start)
     async with deadline(ctx):
-        (answer,) = await _unwrap_group(detect_uploads(uploads, ctx, landmarks))
+        (answer,) = await unwrap_group(detect_uploads(uploads, ctx, landmarks))
     if isinstance(answer, ApiError):
         raise answer
     body, batch_size = answer
@@ -183,7 +183,7 @@ async def detect_batch(
     )
     received = ms_since(start)
     async with deadline(ctx):
-        answers = await _unwrap_group(detect_uploads(uploads, ctx, landmarks))
+        answers = await unwrap_group(detect_uploads(uploads, ctx, landmarks))
     results: list[dict[str, Any]] = []
     for index, (upload, answer) in enumerate(zip(uploads, answers)):
         item: dict[str, Any] = {"index": index, "filename": upload.filename}
@@ -200,7 +200,7 @@ async def detect_batch(
     )
 
 
-async def _unwrap_group(work: Awaitable[T]) -> T:
+async def unwrap_group(work: Awaitable[T]) -> T:
     """``await work``, re-raising the first ApiError of a failed TaskGroup as itself (the other images' tasks are
     cancelled by then)."""
     try:
