@@ -16,6 +16,9 @@ from ..cli import parse_size
 __all__ = ["add_bench_parser", "add_plan_parser", "cmd_bench", "cmd_plan"]
 
 _DEFAULT_PHOTOS = "../shared/images"
+_FPS = 25.0
+_FRAME = (1280, 720)
+"""``plan``'s video defaults when only some of ``--streams``, ``--fps`` and ``--size`` are given."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -138,37 +141,87 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
+    return value
+
+
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``retinaserve plan --gpu-mem 16GiB``: measured footprints, largest batch and streams per model."""
-    plan = subparsers.add_parser("plan", help="measure memory per model/precision/input and plan batches and streams")
+    """``retinaserve plan --gpu-mem 16GiB``: measured footprints, largest batch and streams per model;
+    ``--streams N --fps F --size WxH``: how many video streams each model runs in real time."""
+    plan = subparsers.add_parser(
+        "plan",
+        help="measure memory per model/precision/input and plan batches and streams; with --streams/--fps/--size, "
+        "how many video streams each model runs in real time",
+    )
     plan.add_argument("--gpu-mem", help="memory budget such as 16GiB (default: free memory of the device, or RAM)")
-    plan.add_argument("--models", nargs="+", help="registered model names (default: all)")
-    plan.add_argument("--variants", nargs="+", help="backend/precision pairs (default: torch at each precision)")
-    plan.add_argument("--sizes", type=parse_size, nargs="+", default=[(640, 640)], help="input sizes WxH")
+    plan.add_argument("--models", nargs="+", help="registered model names (default: all detection models)")
+    plan.add_argument(
+        "--variants",
+        nargs="+",
+        help="backend/precision pairs (default: torch at each precision; video: every FP32/FP16/BF16 one the device "
+        "runs)",
+    )
+    plan.add_argument("--sizes", type=parse_size, nargs="+", default=[(640, 640)], help="network input sizes WxH")
     plan.add_argument("--batch", type=int, default=8, help="batch size of one stream (default 8)")
     plan.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CPU plans against RAM)")
-    plan.add_argument("--json", type=Path, help="write the footprints to this file")
+    video = plan.add_argument_group("video streams (any of these plans streams instead of batches)")
+    video.add_argument("--streams", type=_positive_int, help="video streams wanted: says which models hold them")
+    video.add_argument("--fps", type=_positive_float, help=f"frames per second of each stream (default {_FPS:g})")
+    video.add_argument(
+        "--size", type=parse_size, help=f"frame size WxH (default {_FRAME[0]}x{_FRAME[1]}); each model resizes it"
+    )
+    video.add_argument(
+        "--decode-ms",
+        type=_milliseconds,
+        help="decode cost per frame added to each (default: measured for H.264 with PyAV when installed, else 0)",
+    )
+    plan.add_argument("--json", type=Path, help="write the footprints (video: the rows) to this file")
     plan.set_defaults(func=cmd_plan)
     return plan
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def _budget_mb(gpu_mem: str | None, device: Any) -> float:
+    """``--gpu-mem``, else the device's free memory, else available RAM (MiB)."""
     import torch
 
+    from .planner import parse_bytes
+
+    if gpu_mem:
+        return parse_bytes(gpu_mem) / float(1 << 20)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / float(1 << 20)
+    import psutil
+
+    return psutil.virtual_memory().available / float(1 << 20)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
     from ..registry import list_models
     from .bench import Variant
-    from .planner import choose_model, format_plan_table, measure_all, parse_bytes
+    from .planner import choose_model, format_plan_table, measure_all
     from .precision import cpu_has_native_bf16, pick_device
 
     device = pick_device(args.device).device
-    if args.gpu_mem:
-        budget_mb = parse_bytes(args.gpu_mem) / float(1 << 20)
-    elif device.type == "cuda":
-        budget_mb = torch.cuda.mem_get_info(device)[0] / float(1 << 20)
-    else:
-        import psutil
-
-        budget_mb = psutil.virtual_memory().available / float(1 << 20)
+    budget_mb = _budget_mb(args.gpu_mem, device)
+    if args.streams is not None or args.fps is not None or args.size is not None:
+        return _cmd_plan_streams(args, device, budget_mb)
     variants: list[tuple[str, str]]
     if args.variants:
         variants = [(v.backend, v.precision) for v in map(Variant.parse, args.variants)]
@@ -191,3 +244,61 @@ def cmd_plan(args: argparse.Namespace) -> int:
             json.dumps({"budget_mb": budget_mb, "footprints": [f.to_dict() for f in footprints]}, indent=1)
         )
     return 0
+
+
+def _cmd_plan_streams(args: argparse.Namespace, device: Any, budget_mb: float) -> int:
+    """``plan --streams N --fps F --size WxH``: the stream table, the verdict and (``--json``) the rows."""
+    from ..registry import list_models
+    from .bench import Variant, default_variants, machine_description
+    from .errors import EngineError
+    from .planner import format_stream_plan_table, measure_decode_ms, plan_video_streams, stream_verdict
+
+    fps = args.fps or _FPS
+    frame = args.size or _FRAME
+    if args.variants:
+        variants = [Variant.parse(v) for v in args.variants]
+    else:  # INT8 needs a calibration pass per model (minutes on a CPU): only when asked for by name
+        variants = [v for v in default_variants(device) if v.precision != "int8"]
+    if args.decode_ms is not None:
+        decode_ms, decode_note = args.decode_ms, "--decode-ms"
+    else:
+        try:
+            decode_ms, decode_note = measure_decode_ms(frame), "H.264 with PyAV, measured on a panning sample clip"
+        except EngineError as exc:
+            decode_ms, decode_note = 0.0, f"not counted: {exc}"
+    where = "GPU memory" if device.type == "cuda" else "RAM"
+    print(
+        f"{frame[0]}x{frame[1]} frames at {fps:g} fps on {device}; decode {decode_ms:.1f} ms/frame ({decode_note}); "
+        f"budget {budget_mb:.0f} MiB of {where}; 10 % headroom on time and memory; one frame per stream per batch"
+    )
+    rows = plan_video_streams(
+        args.models or list_models("detection"),
+        [(v.backend, v.precision) for v in variants],
+        frame,
+        fps,
+        budget_mb,
+        device=str(device),
+        wanted=args.streams,
+        decode_ms_per_frame=decode_ms,
+    )
+    print(format_stream_plan_table(rows))
+    if any(r.weights == "random" for r in rows):
+        print("weights: random where not provisioned (times and memory as with real ones; no detections meant)")
+    verdict = stream_verdict(rows, args.streams)
+    print(f"verdict: {verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "machine": machine_description(),
+            "frame": list(frame),
+            "fps": fps,
+            "streams": args.streams,
+            "budget_mb": budget_mb,
+            "headroom": 0.1,
+            "decode_ms_per_frame": decode_ms,
+            "decode": decode_note,
+            "verdict": verdict,
+            "rows": [r.to_dict() for r in rows],
+        }
+        args.json.write_text(json.dumps(document, indent=1))
+    return 0 if rows else 1
