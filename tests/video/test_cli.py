@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import signal
 import socketserver
 import subprocess
@@ -102,6 +103,21 @@ def test_blur_changes_the_faces_and_leaves_the_rest(
         assert diff[inside].mean() > 4 * loss[inside].mean() + 4, "the faces are not hidden"
         assert diff[~near].mean() < 1.2 * loss[~near].mean() + 0.3, "the rest changed beyond the encoder's loss"
     cv2.imwrite(str(PICTURES / "video_blur_six_zoom.png"), cv2.cvtColor(after[15], cv2.COLOR_RGB2BGR))
+
+
+def test_auto_backend_is_measured_on_the_frames(
+    crowd_pan: Clip, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--backend auto`` times OpenVINO and ONNX Runtime on frames of the source's size and runs the faster."""
+    argv = [str(crowd_pan.path), "--model", "ultralight-slim", "--weights", str(WEIGHTS / "slim_Final.pth")]
+    assert main(["video", *argv, "--every", "10"]) == 0
+    captured = capsys.readouterr()
+    line = next(line for line in captured.err.splitlines() if line.startswith("engine for 640x360 frames"))
+    measured = dict(re.findall(r"(openvino-fp32|onnx-fp32)\S* ?\w* ([0-9.]+) ms", line))
+    assert set(measured) == {"openvino-fp32", "onnx-fp32"}, line
+    summary = json.loads(captured.out)
+    assert summary["backend"].startswith(min(measured, key=lambda k: float(measured[k])))
+    assert summary["streams"][0]["frames_processed"] == 3
 
 
 @pytest.mark.parametrize("mode", ["blur", "pixelate"])

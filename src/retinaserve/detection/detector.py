@@ -339,13 +339,17 @@ class Detector:
         height, width = full_size if full_size is not None else pixels.shape[:2]
         new_h, new_w = resize.scaled_size(height, width)
         scale_y, scale_x = resize.grid_scale(height, width)
-        x = pixels.permute(2, 0, 1)[self._channel_index].float()
+        channels = pixels.permute(2, 0, 1)
+        if self._channel_index != [0, 1, 2]:
+            channels = channels.flip(0)  # RGB -> BGR
+        # one copy: uint8 HWC -> float32 CHW, contiguous (the resample and the network read it row by row)
+        x = channels.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         # a pixel of an image reduced by r covers r full pixels, so the grid's scale on it is r times the full one
         x = _resample(x, (scale_y * reduction, scale_x * reduction), (new_h, new_w))
         pad_h, pad_w = resize.padded_size(height, width, self.spec.input.pad_multiple)
         if (pad_h, pad_w) != (new_h, new_w):
             x = F.pad(x, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
-        x = (x - self._mean) * self._inv_std
+        x.sub_(self._mean).mul_(self._inv_std)  # in place: x is always a fresh tensor of ours by here
         return _Prepared(x.contiguous(), height, width, scale_y, scale_x)
 
     @torch.inference_mode()

@@ -210,6 +210,7 @@ class StreamRuntime:
         sinks = list(sinks) if sinks is not None else [[] for _ in self.sources]
         if len(sinks) != len(self.sources):
             raise ValueError(f"{len(sinks)} sink lists for {len(self.sources)} sources")
+        self.warm_up()
         trackers = [IoUTracker() for _ in self.sources]
         outputs = [_Output(stats, stream_sinks) for stats, stream_sinks in zip(self.stats, sinks)]
         decoders = [
@@ -240,6 +241,22 @@ class StreamRuntime:
                 output.finish()
         self.elapsed_s = time.perf_counter() - self.started
         return self.summary(interrupted=interrupted or self._stopped_early)
+
+    def warm_up(self) -> None:
+        """Run the detector once at every batch size on every source's frame size before any frame is timed, so
+        that compiling a shape (OpenVINO: ~60-240 ms each) drops no live frame and counts in no latency."""
+        sizes = {source.size for source in self.sources if min(source.size) > 0}
+        previous = self.detector.batch_size
+        self.detector.batch_size = self.max_batch
+        try:
+            for width, height in sizes:
+                blank = np.zeros((height, width, 3), np.uint8)
+                for batch in range(1, self.max_batch + 1):
+                    self.detector.run([blank] * batch, resize=self.resize, **self.detect_options)
+        except RetinaServeError as exc:  # such frames will fail the same way, each stream with its own error
+            log.info("warm-up: %s", exc)
+        finally:
+            self.detector.batch_size = previous
 
     def summary(self, *, interrupted: bool = False) -> dict[str, Any]:
         """Per-stream and total numbers so far (also what :meth:`run` returns)."""

@@ -12,7 +12,6 @@ dependency we already have.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,17 +21,6 @@ from ..detection.boxes import box_iou
 from ..detection.results import Face
 
 __all__ = ["IoUTracker"]
-
-
-@dataclass
-class _Track:
-    track_id: int
-    box: np.ndarray  # (4,) x1y1x2y2 where it was last seen
-    velocity: np.ndarray  # (4,) per frame, smoothed
-    last_frame: int
-
-    def predicted(self, frame: int) -> np.ndarray:
-        return self.box + self.velocity * (frame - self.last_frame)
 
 
 class IoUTracker:
@@ -53,7 +41,11 @@ class IoUTracker:
         self.max_age = max_age
         self.smoothing = smoothing
         self.buffer = buffer
-        self._tracks: list[_Track] = []
+        # one row per live track: its id, box (x1y1x2y2) where last seen, smoothed velocity per frame, frame last seen
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._boxes = np.zeros((0, 4))
+        self._velocity = np.zeros((0, 4))
+        self._last = np.zeros(0, dtype=np.int64)
         self._next_id = 1
         self._last_frame: int | None = None
 
@@ -65,39 +57,41 @@ class IoUTracker:
     def held(self, frame: int, frames: int) -> list[tuple[float, float, float, float]]:
         """Where tracks lost at most ``frames`` frames ago are expected now (constant velocity): the boxes that
         anonymisation keeps covering after a face is no longer found, e.g. while it leaves the frame."""
-        return [
-            tuple(float(v) for v in t.predicted(frame))  # type: ignore[misc]
-            for t in self._tracks
-            if 0 < frame - t.last_frame <= frames
-        ]
+        age = frame - self._last
+        lost = (age > 0) & (age <= frames)
+        return [tuple(box) for box in self._predicted(frame)[lost].tolist()]
 
     def update(self, frame: int, faces: Sequence[Face]) -> list[int]:
         """The track id of each face of ``frame``, in the order of ``faces``."""
         if self._last_frame is not None and frame <= self._last_frame:
             raise ValueError(f"frames must come in order: {frame} after {self._last_frame}")
         self._last_frame = frame
-        self._tracks = [t for t in self._tracks if frame - t.last_frame <= self.max_age]
+        alive = frame - self._last <= self.max_age
+        self._ids, self._boxes = self._ids[alive], self._boxes[alive]
+        self._velocity, self._last = self._velocity[alive], self._last[alive]
         boxes = np.array([face.box for face in faces], dtype=np.float64).reshape(-1, 4)
-        ids = [0] * len(faces)
-        matched: set[int] = set()
-        if self._tracks and len(faces):
-            predicted = np.stack([t.predicted(frame) for t in self._tracks])
-            iou = box_iou(_buffered(boxes, self.buffer), _buffered(predicted, self.buffer)).numpy()
+        ids = np.zeros(len(faces), dtype=np.int64)
+        if len(self._ids) and len(faces):
+            iou = box_iou(_buffered(boxes, self.buffer), _buffered(self._predicted(frame), self.buffer)).numpy()
             rows, cols = linear_sum_assignment(-iou)
-            for row, col in zip(rows, cols):
-                if iou[row, col] >= self.min_iou:
-                    track = self._tracks[col]
-                    step = (boxes[row] - track.box) / (frame - track.last_frame)
-                    track.velocity = self.smoothing * track.velocity + (1 - self.smoothing) * step
-                    track.box, track.last_frame = boxes[row], frame
-                    ids[row] = track.track_id
-                    matched.add(row)
-        for row in range(len(faces)):
-            if row not in matched:
-                self._tracks.append(_Track(self._next_id, boxes[row], np.zeros(4), frame))
-                ids[row] = self._next_id
-                self._next_id += 1
-        return ids
+            good = iou[rows, cols] >= self.min_iou
+            rows, cols = rows[good], cols[good]
+            step = (boxes[rows] - self._boxes[cols]) / (frame - self._last[cols])[:, None]
+            self._velocity[cols] = self.smoothing * self._velocity[cols] + (1 - self.smoothing) * step
+            self._boxes[cols], self._last[cols] = boxes[rows], frame
+            ids[rows] = self._ids[cols]
+        new = np.flatnonzero(ids == 0)
+        ids[new] = np.arange(self._next_id, self._next_id + len(new))
+        self._next_id += len(new)
+        self._ids = np.concatenate([self._ids, ids[new]])
+        self._boxes = np.concatenate([self._boxes, boxes[new]])
+        self._velocity = np.concatenate([self._velocity, np.zeros((len(new), 4))])
+        self._last = np.concatenate([self._last, np.full(len(new), frame, dtype=np.int64)])
+        return ids.tolist()
+
+    def _predicted(self, frame: int) -> np.ndarray:
+        """(N, 4) where each track's face is expected at ``frame``."""
+        return self._boxes + self._velocity * (frame - self._last)[:, None]
 
 
 def _buffered(boxes: np.ndarray, buffer: float) -> torch.Tensor:
