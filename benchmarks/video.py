@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=50, help="frames per clip (25 fps)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--live-seconds", type=float, default=8.0, help="length of the live check's clip")
+    parser.add_argument("--live-repeats", type=int, default=3, help="live runs (their median drop rate counts)")
+    parser.add_argument("--live-only", action="store_true", help="only the live check")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
@@ -103,7 +105,7 @@ def main() -> int:
 
     rows: list[dict[str, Any]] = []
     calibration = sorted((SHARED / "images").glob("*.jpg"))
-    for model, backend, precision in variants(args.variants):
+    for model, backend, precision in [] if args.live_only else variants(args.variants):
         detector = detector_for(
             model, backend=backend, precision=precision, calibration_photos=calibration if precision == "int8" else ()
         )
@@ -155,7 +157,12 @@ def main() -> int:
     fastest = variants(args.variants)[0]
     detector = detector_for(fastest[0], backend=fastest[1], precision=fastest[2])
     live_clip = pan_clip(PHOTO, work / "live.mp4", size=(640, 360), frames=int(args.live_seconds * 25), fps=25)
-    live = runtime_run(detector, live_clip, 2, 4, live=True)
+    lives = [runtime_run(detector, live_clip, 2, 4, live=True) for _ in range(args.live_repeats)]
+    rates = [
+        sum(s["frames_dropped"] for s in run["streams"]) / max(1, sum(s["frames_decoded"] for s in run["streams"]))
+        for run in lives
+    ]
+    live = lives[sorted(range(len(rates)), key=rates.__getitem__)[len(rates) // 2]]  # the median run
     dropped = sum(s["frames_dropped"] for s in live["streams"])
     decoded = sum(s["frames_decoded"] for s in live["streams"])
 
@@ -194,10 +201,13 @@ def main() -> int:
         f"\nlive: 2 x 640x360 @ 25 fps, {detector.backend.name} {fastest[0]}: {live['frames_processed']} processed, "
         f"{dropped} of {decoded} dropped ({dropped / max(decoded, 1):.1%}), p50/p99 latency "
         + ", ".join(f"{s['latency_ms']['p50']}/{s['latency_ms']['p99']} ms" for s in live["streams"])
+        + f" (the median of {len(lives)} runs; drop rates "
+        + ", ".join(f"{r:.1%}" for r in rates)
+        + ")"
     )
     goals = []
-    fastest_name = rows[0]["variant"]
-    goals.append(("2 streams of 640x360 at 25 fps live, < 1 % dropped", dropped / max(decoded, 1) < 0.01))
+    fastest_name = rows[0]["variant"] if rows else ""
+    goals.append(("2 streams of 640x360 at 25 fps live, < 1 % dropped (median run)", dropped / max(decoded, 1) < 0.01))
     for streams in args.streams:
         if streams < 2:
             continue
@@ -233,7 +243,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
-    if args.plot:
+    if args.plot and rows:
         plot(rows, args.plot)
     return 0
 
@@ -262,6 +272,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_xlabel("streams")
             ax.set_ylabel("frames/s, all streams")
             ax.set_xscale("log", base=2)
+            counts = sorted({r["streams"] for r in rows})
+            ax.set_xticks(counts, [str(c) for c in counts])
+            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()

@@ -233,10 +233,14 @@ class StreamRuntime:
             interrupted = True
         finally:
             self._halt()
+            for thread in decoders:  # decoders see the stop between frames; closing a source under a running
+                thread.join(timeout=2.0)  # decode is for a read blocked on the network only
+            for source, thread in zip(self.sources, decoders):
+                if thread.is_alive():
+                    source.close()
+                    thread.join(timeout=5.0)
             for source in self.sources:
                 source.close()
-            for thread in decoders:
-                thread.join(timeout=5.0)
             for output in outputs:
                 output.finish()
         self.elapsed_s = time.perf_counter() - self.started
