@@ -237,6 +237,7 @@ def main() -> int:
         "decode_ms_per_frame": decode,
         "rows": rows,
         "live": live,
+        "live_drop_rates": rates,
         "goals": [{"goal": g, "pass": ok} for g, ok in goals],
         "frames_per_clip": args.frames,
     }
