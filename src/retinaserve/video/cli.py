@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="detect, track and anonymise faces in videos, streams and cameras, several at once through one engine",
         description="Each SRC is a video file, an image-sequence pattern (frames/%%05d.png or 'frames/*.jpg'), an "
         "RTSP/HTTP stream URL or a camera (/dev/video0). Frames of all sources are batched through one detector. "
-        "Prints a live table while it runs and a JSON summary on stdout at the end (also after Ctrl-C).",
+        "Prints a live table while it runs and a JSON summary on stdout at the end (also after Ctrl-C or SIGTERM).",
     )
     parser.add_argument("sources", nargs="+", metavar="SRC", help="video files, patterns, stream URLs or cameras")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registered detector (default {DEFAULT_MODEL})")
@@ -160,9 +161,11 @@ def cmd_video(args: argparse.Namespace) -> int:
             stream_sinks.append(JsonlSink(jsonl, source.name, lock))
         sinks.append(stream_sinks)
     table = None if args.quiet else _LiveTable(sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it as Ctrl-C does
     try:
         summary = runtime.run(sinks, on_progress=table.update if table else None)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if jsonl is not None:
             jsonl.close()
     if table is not None:
@@ -177,6 +180,11 @@ def cmd_video(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return 130
     return 0 if all(s["complete"] for s in summary["streams"]) else 1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM -> KeyboardInterrupt in the main thread: outputs are finished and the summary printed."""
+    raise KeyboardInterrupt
 
 
 def _output_path(folder: Path, spec: str, used: set[str]) -> Path:
