@@ -129,6 +129,21 @@ def test_live_mode_keeps_the_newest_frame_and_counts_drops(detector: Detector, c
     assert summary["mode"] == "live"
 
 
+def test_a_frame_the_engine_refuses_fails_only_its_own_stream(
+    detector_factory: Any, crowd_pan: Clip, six_zoom: Clip
+) -> None:
+    """Frames over the detector's pixel limit (960x540 against 300,000) share batches with frames under it: the
+    large stream fails with the reason, every frame counted, and the other stream loses none of its frames."""
+    small_limit = detector_factory("ultralight-slim", backend="onnx", max_pixels=300_000)
+    _, sinks, summary = _run(small_limit, [crowd_pan, six_zoom], max_batch=4)
+    crowd, six = summary["streams"]
+    assert crowd["complete"] and crowd["frames_processed"] == crowd_pan.frames
+    assert [r.frame.index for r in sinks[0].results] == list(range(crowd_pan.frames))
+    assert not six["complete"] and six["frames_processed"] == 0
+    assert six["frames_failed"] == six_zoom.frames
+    assert "exceeds the limit of 300000 pixels" in six["error"]
+
+
 def test_tracker_ages_out_and_refuses_frames_out_of_order() -> None:
     from retinaserve.detection.results import Face, Landmarks
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +20,20 @@ from ..errors import RetinaServeError
 __all__ = ["add_video_parser", "cmd_video"]
 
 log = logging.getLogger(__name__)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,8 +71,8 @@ def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
     hide.add_argument("--pixelate", action="store_true", help="write an MP4 per source with the faces pixelated")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per frame: source, frame, pts, faces")
     parser.add_argument("--summary", type=Path, help="also write the JSON summary to this file")
-    parser.add_argument("--every", type=int, default=1, help="process every Nth frame (default 1: all)")
-    parser.add_argument("--max-fps", type=float, help="process at most F frames per second of each stream")
+    parser.add_argument("--every", type=_at_least_one, default=1, help="process every Nth frame (default 1: all)")
+    parser.add_argument("--max-fps", type=_positive, help="process at most F frames per second of each stream")
     parser.add_argument(
         "--live",
         action="store_true",
@@ -65,7 +80,10 @@ def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
         "cameras and stream URLs are always live",
     )
     parser.add_argument(
-        "--batch", type=int, default=4, help="frames per network call at most, across streams (1: no batching)"
+        "--batch",
+        type=_at_least_one,
+        default=4,
+        help="frames per network call at most, across streams (1: no batching)",
     )
     parser.add_argument("--no-track", action="store_true", help="no track ids (every face gets track_id 0)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait when opening or reading a stream")
@@ -85,12 +103,6 @@ def cmd_video(args: argparse.Namespace) -> int:
     from .sinks import JsonlSink, VideoSink
     from .sources import VideoError, VideoSource, open_source
 
-    if args.every < 1 or args.batch < 1:
-        print("error: --every and --batch must be at least 1", file=sys.stderr)
-        return 2
-    if args.max_fps is not None and args.max_fps <= 0:
-        print("error: --max-fps must be positive", file=sys.stderr)
-        return 2
     threads = 0 if len(args.sources) * 2 <= (os.cpu_count() or 1) else 1
     sources: list[VideoSource] = []
     failed: list[dict[str, Any]] = []
@@ -133,7 +145,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     detector, cost = _engine_for_frames(build, args, size)
     log.info("%r", detector)
     if (args.live or any(s.live for s in sources)) and not args.quiet:
-        _warn_if_too_many(detector, cost, sources, args.max_fps)
+        _warn_if_too_many(detector, cost, size, sources, args.max_fps)
     runtime = StreamRuntime(
         detector,
         sources,
@@ -229,11 +241,13 @@ def _engine_for_frames(build: Any, args: argparse.Namespace, size: tuple[int, in
     return detector, cost
 
 
-def _warn_if_too_many(detector: Any, cost: Any, sources: list[Any], max_fps: float | None) -> None:
-    """Warn when the streams need more than the engine gives (from the measured cost of a frame here)."""
+def _warn_if_too_many(
+    detector: Any, cost: Any, size: tuple[int, int], sources: list[Any], max_fps: float | None
+) -> None:
+    """Warn when the streams (the largest frames ``size``) need more than the engine gives (from the measured cost
+    of a frame here)."""
     from ..engine.planner import measure_stream_cost, streams_in_real_time
 
-    size = max((s.size for s in sources), key=lambda wh: wh[0] * wh[1])
     fps = max(min(s.fps, max_fps or s.fps) for s in sources)
     cost = cost or measure_stream_cost(detector, size, time_budget_s=1.5)
     fit = streams_in_real_time(cost, fps)
@@ -266,7 +280,7 @@ class _LiveTable:
         self.last = now
         rows = []
         for stats in runtime.stats:
-            recent = stats.latencies_ms[-200:]
+            recent = list(islice(reversed(stats.latencies_ms), 200))
             p50, p99 = percentile(recent, 50), percentile(recent, 99)
             rows.append(
                 (

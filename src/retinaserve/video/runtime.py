@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +37,8 @@ __all__ = ["FrameResult", "Sink", "StreamRuntime", "StreamStats", "percentile"]
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_LATENCY_WINDOW = 100_000
+"""Latencies kept per stream for the percentiles: over an hour at 25 fps."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ class StreamStats:
     decode_s: float = 0.0
     error: str | None = None
     finished: bool = False
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    """Decoded-to-detected latency of the latest frames (a camera runs for days: the window keeps memory flat)."""
+    failed: int = 0
+    """Frames the engine refused (each stream's first such error is in ``error``)."""
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     """``perf_counter`` times of the latest processed frames (the live fps)."""
 
@@ -112,6 +117,7 @@ class StreamStats:
             "frames_processed": self.processed,
             "frames_skipped": self.skipped,
             "frames_dropped": self.dropped,
+            "frames_failed": self.failed,
             "faces": self.faces,
             "tracks": self.tracks,
             "fps": round(self.processed / elapsed_s, 2) if elapsed_s > 0 else 0.0,
@@ -178,8 +184,10 @@ class StreamRuntime:
         )
         """The resize every frame runs at: the detector's own, or padded to one shape across streams."""
         self.stats = [StreamStats(s.name, s.size, s.fps) for s in self.sources]
-        self.batches: list[int] = []
-        """Size of every network call made, in order."""
+        self.batches: Counter[int] = Counter()
+        """Batch size -> how many network calls had it."""
+        self.started: float | None = None
+        self.elapsed_s: float | None = None
         self.infer_s = 0.0
         self._queues = [_FrameQueue(queue_frames, live or s.live) for s in self.sources]
         self._cond = threading.Condition()
@@ -210,7 +218,20 @@ class StreamRuntime:
         sinks = list(sinks) if sinks is not None else [[] for _ in self.sources]
         if len(sinks) != len(self.sources):
             raise ValueError(f"{len(sinks)} sink lists for {len(self.sources)} sources")
-        self.warm_up()
+        previous_batch = self.detector.batch_size
+        self.detector.batch_size = self.max_batch  # Detector.run would split a batch larger than its own
+        try:
+            self.warm_up()
+            return self._run(sinks, on_progress, progress_every_s)
+        finally:
+            self.detector.batch_size = previous_batch
+
+    def _run(
+        self,
+        sinks: list[Sequence[Sink]],
+        on_progress: Callable[[StreamRuntime], None] | None,
+        progress_every_s: float,
+    ) -> dict[str, Any]:
         trackers = [IoUTracker() for _ in self.sources]
         outputs = [_Output(stats, stream_sinks) for stats, stream_sinks in zip(self.stats, sinks)]
         decoders = [
@@ -250,21 +271,17 @@ class StreamRuntime:
         """Run the detector once at every batch size on every source's frame size before any frame is timed, so
         that compiling a shape (OpenVINO: ~60-240 ms each) drops no live frame and counts in no latency."""
         sizes = {source.size for source in self.sources if min(source.size) > 0}
-        previous = self.detector.batch_size
-        self.detector.batch_size = self.max_batch
-        try:
-            for width, height in sizes:
-                blank = np.zeros((height, width, 3), np.uint8)
+        for width, height in sizes:
+            blank = np.zeros((height, width, 3), np.uint8)
+            try:
                 for batch in range(1, self.max_batch + 1):
                     self.detector.run([blank] * batch, resize=self.resize, **self.detect_options)
-        except RetinaServeError as exc:  # such frames will fail the same way, each stream with its own error
-            log.info("warm-up: %s", exc)
-        finally:
-            self.detector.batch_size = previous
+            except RetinaServeError as exc:  # such frames will fail the same way, each stream with its own error
+                log.info("warm-up at %dx%d: %s", width, height, exc)
 
     def summary(self, *, interrupted: bool = False) -> dict[str, Any]:
         """Per-stream and total numbers so far (also what :meth:`run` returns)."""
-        elapsed = getattr(self, "elapsed_s", None) or (time.perf_counter() - getattr(self, "started", 0.0))
+        elapsed = self.elapsed_s or (time.perf_counter() - self.started if self.started is not None else 0.0)
         processed = sum(s.processed for s in self.stats)
         decoded = sum(s.decoded for s in self.stats)
         return {
@@ -277,8 +294,8 @@ class StreamRuntime:
             "elapsed_s": round(elapsed, 3),
             "frames_processed": processed,
             "fps": round(processed / elapsed, 2) if elapsed > 0 else 0.0,
-            "batches": len(self.batches),
-            "mean_batch": round(processed / len(self.batches), 3) if self.batches else 0.0,
+            "batches": sum(self.batches.values()),
+            "mean_batch": round(processed / sum(self.batches.values()), 3) if self.batches else 0.0,
             "infer_ms_per_frame": round(self.infer_s / processed * 1e3, 3) if processed else None,
             "decode_ms_per_frame": round(sum(s.decode_s for s in self.stats) / decoded * 1e3, 3) if decoded else None,
             "streams": [s.summary(elapsed) for s in self.stats],
@@ -368,21 +385,21 @@ class StreamRuntime:
             return batch
 
     def _detect(self, batch: list[Frame], trackers: list[IoUTracker], outputs: list[_Output]) -> None:
-        previous = self.detector.batch_size
-        self.detector.batch_size = self.max_batch
         t0 = time.perf_counter()
         try:
             results = self.detector.run([f.image for f in batch], resize=self.resize, **self.detect_options)
-        except RetinaServeError as exc:  # a frame the engine refuses (too large, ...): that stream stops
-            for frame in batch:
-                stats = self.stats[frame.source]
-                stats.error = stats.error or f"{stats.name}: frame {frame.index}: {exc}"
+        except RetinaServeError as exc:  # a frame the engine refuses (too large, ...): only its own stream fails
+            if len(batch) > 1:
+                for frame in batch:
+                    self._detect([frame], trackers, outputs)
+                return
+            stats = self.stats[batch[0].source]
+            stats.failed += 1
+            stats.error = stats.error or f"{stats.name}: frame {batch[0].index}: {exc}"
             return
-        finally:
-            self.detector.batch_size = previous
         done = time.perf_counter()
         self.infer_s += done - t0
-        self.batches.append(len(batch))
+        self.batches[len(batch)] += 1
         for frame, result in zip(batch, results):
             stats = self.stats[frame.source]
             faces = list(result.faces)
