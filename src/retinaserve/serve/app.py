@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from .batching import BatchStats
 from .errors import install_error_handlers
 from .guard import Drain, RequestGuard
 from .inference import DetectionService, DetectorLike, build_detector
@@ -24,11 +25,14 @@ from .reconstruct import ReconstructionService
 from .routers import beautify, detect, health, jobs, metrics, models, reconstruct, stream
 from .settings import ServeSettings
 
-__all__ = ["STATIC_DIR", "create_app"]
+__all__ = ["STATIC_DIR", "ServiceFactory", "create_app"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+ServiceFactory = Callable[[ServeSettings, Callable[[BatchStats], None]], DetectionService]
+"""Builds the detection service of an app from its settings and the callback that records each model call."""
 
 _DESCRIPTION = """Face detection with five landmarks, landmark-guided skin smoothing, and textured 3D face meshes
 (at once with POST /v1/reconstruct, or as a job with live progress as server-sent events).
@@ -42,15 +46,21 @@ def create_app(
     settings: ServeSettings | None = None,
     *,
     detector_factory: Callable[[ServeSettings], DetectorLike] = build_detector,
+    service_factory: ServiceFactory | None = None,
 ) -> FastAPI:
-    """A new app with its own metrics registry; the detector is built by ``detector_factory`` at start-up."""
+    """A new app with its own metrics registry; the detector is built by ``detector_factory`` at start-up, or the
+    whole detection service by ``service_factory`` (settings, the batch-metrics callback) where the model runs
+    elsewhere (the Ray Serve application's model replicas)."""
     settings = settings or ServeSettings()
     service_metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = DetectionService(settings, detector_factory, on_batch=service_metrics.observe_batch)
-        service_metrics.track_queue(lambda: service.batcher.depth, lambda: service.batcher.in_flight)
+        if service_factory is None:
+            service = DetectionService(settings, detector_factory, on_batch=service_metrics.observe_batch)
+        else:
+            service = service_factory(settings, service_metrics.observe_batch)
+        service_metrics.track_queue(lambda: service.queue_depth, lambda: service.images_in_flight)
         service_metrics.track_admission(service)
         app.state.service = service
         await service.start()  # builds the detector and warms it up on the thread that will run it

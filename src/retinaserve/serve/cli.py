@@ -73,8 +73,25 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--api-key", action="append", dest="api_keys", help="require this key in X-API-Key (repeatable)")
     serve.add_argument("--no-warmup", action="store_false", dest="warmup", default=None, help="skip the warm-up run")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray = serve.add_argument_group("Ray Serve (the 'ray' extra): the same API with the model in Serve replicas")
+    ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve application instead of one process")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--replicas", type=_at_least_one, help="model replicas (default: what the memory planner sizes: 1 on CPU)"
+    )
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Serve scale the model replicas between MIN and MAX")
+    ray.add_argument(
+        "--ray-address", help="Ray cluster to join (default $RAY_ADDRESS, else a local cluster started for the run)"
+    )
     serve.set_defaults(func=cmd_serve)
     return serve
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
@@ -139,9 +156,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    if args.ray or args.replicas is not None or args.autoscale is not None:
+        if not args.ray:
+            raise ServeConfigError("--replicas and --autoscale are for --ray")
+        return _serve_on_ray(settings, args)
     app = create_app(settings)
     limit_heap_arenas(2)  # before uvicorn and the batcher start their threads
     tune_allocator()  # torch's CPU paths would fault their activations in afresh on every call
     server = server_for(app, settings, log_level=args.log_level, access_log=args.log_level == "debug")
     server.run()  # returns after a signal and a graceful drain (the signal is not re-raised: exit status 0)
     return 0
+
+
+def _serve_on_ray(settings: ServeSettings, args: argparse.Namespace) -> int:
+    """``serve --ray``: the Serve application on a Ray cluster until SIGINT or SIGTERM."""
+    from .inference import ServeConfigError
+
+    try:
+        from ..ray.serve_app import parse_autoscale, run_until_stopped
+    except ImportError as exc:
+        raise ServeConfigError(
+            f"--ray needs the 'ray' extra ({exc.name} is missing): pip install 'retinaserve[ray]'"
+        ) from None
+    autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
+    return run_until_stopped(settings, replicas=args.replicas, autoscale=autoscale, address=args.ray_address)

@@ -81,6 +81,8 @@ class Detection:
 
     result: ImageResult
     batch_size: int
+    replica: str | None = None
+    """Which model replica ran it, where several do (the Ray Serve application); None in one process."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,16 @@ class DetectionService:
         return self.detector.name
 
     @property
+    def queue_depth(self) -> int:
+        """Images waiting for the model (for the metrics)."""
+        return self.batcher.depth
+
+    @property
+    def images_in_flight(self) -> int:
+        """Images in the model call running now (for the metrics)."""
+        return self.batcher.in_flight
+
+    @property
     def engine(self) -> dict[str, object]:
         """What runs the model and why: backend, max batch, and what ``auto`` measured (for the log and /v1/models)."""
         backend = getattr(self.detector, "backend", None)
@@ -346,10 +358,7 @@ class DetectionService:
     async def start(self) -> None:
         """Start the batcher, then build (and warm up, if configured) the detector on the batcher's own thread,
         the one that will run it."""
-        threads = self.settings.image_workers or max(2, os.cpu_count() or 2)
-        self.workers = ThreadPoolExecutor(threads, "image")
-        self.parsers = ThreadPoolExecutor(1, "parse")
-        self.renderers = ThreadPoolExecutor(max(1, threads // 2), "render")
+        self.start_pools()
         await self.batcher.start()
         self._detector = await self.batcher.run_in_worker(self.detector_factory, self.settings)
         if not self.settings.max_batch:  # auto: what paid when the engine measured the model here
@@ -359,10 +368,20 @@ class DetectionService:
         await self.batcher.run_in_worker(self.calibrate)
         self.ready = True
 
+    def start_pools(self) -> None:
+        """The thread pools that parse headers, decode images and render, off the event loop."""
+        threads = self.settings.image_workers or max(2, os.cpu_count() or 2)
+        self.workers = ThreadPoolExecutor(threads, "image")
+        self.parsers = ThreadPoolExecutor(1, "parse")
+        self.renderers = ThreadPoolExecutor(max(1, threads // 2), "render")
+
     async def stop(self) -> None:
         """Stop taking work and finish what is queued (graceful shutdown)."""
         self.ready = False
         await self.batcher.stop()
+        self.stop_pools()
+
+    def stop_pools(self) -> None:
         for pool in (self.workers, self.parsers, self.renderers):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

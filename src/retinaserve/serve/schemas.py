@@ -95,6 +95,10 @@ class EngineOut(BaseModel):
     max_batch: int
     reason: str
     forward_ms: dict[str, float]
+    replicas: int = 1
+    """Model replicas serving it (more than one in the Ray Serve application)."""
+    batching: str = "in process"
+    """Who batches the images: the server's own batcher, or Ray Serve's ``@serve.batch`` in each replica."""
 
 
 class ModelsResponse(BaseModel):

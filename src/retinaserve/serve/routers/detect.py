@@ -82,10 +82,10 @@ def _payload(detection: Detection, *, landmarks: bool, timings: dict[str, float]
 
 async def detect_uploads(
     uploads: list[Upload], ctx: DetectContext, landmarks: bool
-) -> list[tuple[dict[str, Any], int] | ApiError]:
-    """Each upload's answer body and model batch size, or the ApiError that is that image's fault (unreadable,
-    too large, corrupt). Refusals that are the server's state (413 for the request as a whole, 429, 503, 504)
-    raise instead and stop every image of the request. Must run inside :func:`deadline`."""
+) -> list[tuple[dict[str, Any], Detection] | ApiError]:
+    """Each upload's answer body and detection (its model call's size, its replica), or the ApiError that is that
+    image's fault (unreadable, too large, corrupt). Refusals that are the server's state (413 for the request as a
+    whole, 429, 503, 504) raise instead and stop every image of the request. Must run inside :func:`deadline`."""
     start = time.perf_counter()
     limit = ctx.settings.max_upload_bytes
 
@@ -98,7 +98,7 @@ async def detect_uploads(
             return exc
 
     sizes = await asyncio.gather(*(size_of(upload) for upload in uploads))
-    answers: dict[int, tuple[dict[str, Any], int] | ApiError] = {
+    answers: dict[int, tuple[dict[str, Any], Detection] | ApiError] = {
         i: size for i, size in enumerate(sizes) if isinstance(size, ApiError)
     }
     good = {i: size for i, size in enumerate(sizes) if not isinstance(size, ApiError)}
@@ -127,7 +127,7 @@ async def detect_uploads(
             "queue": round(max(0.0, (time.perf_counter() - decoded) * 1e3 - inference), 3),
             "inference": round(inference, 3),
         }
-        answers[index] = (_payload(detection, landmarks=landmarks, timings=timings), detection.batch_size)
+        answers[index] = (_payload(detection, landmarks=landmarks, timings=timings), detection)
 
     if good:
         async with admitted(list(good.values()), ctx) as ticket, asyncio.TaskGroup() as group:
@@ -156,10 +156,13 @@ async def detect(
         (answer,) = await unwrap_group(detect_uploads(uploads, ctx, landmarks))
     if isinstance(answer, ApiError):
         raise answer
-    body, batch_size = answer
+    body, detection = answer
     body["model"] = ctx.service.model_name
     body["timings_ms"] = {"receive": received, **body["timings_ms"], "total": ms_since(start)}
-    return JSONResponse(body, headers={"X-Batch-Size": str(batch_size)})
+    headers = {"X-Batch-Size": str(detection.batch_size)}
+    if detection.replica is not None:
+        headers["X-Replica"] = detection.replica
+    return JSONResponse(body, headers=headers)
 
 
 @router.post(

@@ -244,7 +244,7 @@ class _Stream:
             self.metrics.stream_frames.labels("failed").inc()
             await self.send_error(frame.id, exc)
             return exc.status == 503
-        body, batch_size = answer
+        body, detection = answer
         self.metrics.stream_frames.labels("processed").inc()
         wait = round((started - frame.received) * 1e3, 3)
         timings = {"wait": wait, **body["timings_ms"], "total": ms_since(frame.received)}
@@ -254,7 +254,7 @@ class _Stream:
                 "id": frame.id,
                 **body,
                 "timings_ms": timings,
-                "batch_size": batch_size,
+                "batch_size": detection.batch_size,
                 "dropped": self.dropped,
             }
         )

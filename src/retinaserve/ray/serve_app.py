@@ -1,0 +1,417 @@
+"""The HTTP service as a Ray Serve application: the same FastAPI app as ``retinaserve serve`` (routes, JSON, errors,
+limits, API keys, web page, health, metrics) in an ingress deployment, and the detector in model replicas behind
+``@serve.batch``, Serve's own batching.
+
+The ingress parses, probes, admits and decodes each upload exactly as the plain server does, then sends the decoded
+image to the model deployment through a DeploymentHandle. Serve routes it to a replica, whose ``@serve.batch``
+method collects what arrives within ``max_wait_ms`` (up to the engine's batch size) into one engine call. The model
+replicas are sized by the memory planner (:mod:`.sizing`): on a GPU a fraction of the card, on CPU a few cores and
+the RAM they need; their number is fixed (``--replicas``) or left to Serve's autoscaler (``--autoscale MIN:MAX``).
+
+``serve run retinaserve.ray:app`` reads the settings from ``RETINASERVE_*`` environment variables;
+``serve run retinaserve.ray:build model=ultralight-slim replicas=2`` takes them as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from ..detection import ImageResult, ResizePolicy
+from ..images import ReducedImage
+from ..serve.app import create_app
+from ..serve.batching import BatchStats, QueueFullError
+from ..serve.errors import ApiError
+from ..serve.inference import Detection, DetectionService, DetectOptions, _Job, preflight
+from ..serve.settings import ServeSettings
+from .sizing import ReplicaPlan, measure_replica_footprint, plan_replicas
+
+__all__ = [
+    "APP_NAME",
+    "INGRESS_CPUS",
+    "Ingress",
+    "ModelReplica",
+    "RemoteDetectionService",
+    "build_application",
+    "parse_autoscale",
+    "plan_for",
+    "run_until_stopped",
+]
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "retinaserve"
+INGRESS_CPUS = 0.5
+"""The ingress replica's CPU reservation: it parses and decodes uploads (a JPEG decode at the network's scale is
+a few ms), so it needs a share of a core, not a whole one that the model replicas could use."""
+_INGRESS_MAX_ONGOING = 1024
+"""Requests one ingress replica takes at once: the app's own admission (429 with Retry-After) and its pixel budget
+bound the work, as on the plain server, so Serve's limit sits above them."""
+
+
+@dataclass(frozen=True)
+class RemoteDetection:
+    """A model replica's answer for one image; the first image of each engine call also carries the call's stats
+    and cost, so the ingress' metrics and cost model see every call once."""
+
+    detection: Detection
+    stats: BatchStats | None = None
+    cost: tuple[int, int, float, bool] | None = None
+    """(network pixels, images, seconds, low threshold) of the engine call."""
+
+
+class ModelReplica:
+    """One copy of the detector (built, warmed up and timed as the plain server's) behind ``@serve.batch``."""
+
+    async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
+        self.service = DetectionService(settings)  # its batcher is only the engine's thread: Serve batches
+        await self.service.start()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.detect.set_max_batch_size(self.service.batcher.max_batch_size)  # type: ignore[attr-defined,misc]
+        self.detect.set_batch_wait_timeout_s(settings.max_wait_ms / 1000.0)  # type: ignore[attr-defined,misc]
+        log.info(
+            "model replica %s: %s on %s, batch %d",
+            self.replica,
+            self.service.model_name,
+            self.service.engine["backend"],
+            self.service.batcher.max_batch_size,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """What the ingress needs to act as if the model were local: its name, resize and decode policies, engine
+        and calibrated cost model."""
+        service = self.service
+        detector = service.detector
+        return {
+            "model": service.model_name,
+            "resize": getattr(detector, "resize", None),
+            "decode": getattr(detector, "decode", "exact"),
+            "engine": service.engine,
+            "max_batch": service.batcher.max_batch_size,
+            "costs": service.costs,
+            "replica": self.replica,
+        }
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # type: ignore[arg-type]  # sized in __init__
+    async def detect(  # type: ignore[misc]
+        self, images: list[np.ndarray | ReducedImage], options_per_image: list[DetectOptions]
+    ) -> list[RemoteDetection]:
+        """Serve's batch of single-image requests (``handle.detect.remote(image, options)``) -> one engine call per
+        distinct set of options."""
+        received = time.perf_counter()
+        service = self.service
+        groups: dict[DetectOptions, list[int]] = {}
+        for index, options in enumerate(options_per_image):
+            groups.setdefault(options, []).append(index)
+        answers: list[RemoteDetection | None] = [None] * len(images)
+        for options, indices in groups.items():
+            jobs = []
+            for index in indices:
+                image = images[index]
+                height, width = (image.height, image.width) if isinstance(image, ReducedImage) else image.shape[:2]
+                jobs.append(_Job(image, options, service.network_pixels(int(height), int(width), options)))
+            started = time.perf_counter()
+            detections = await service.batcher.run_in_worker(service._run_batch, jobs)
+            seconds = time.perf_counter() - started
+            stats = BatchStats(len(jobs), started - received, seconds)
+            low = options.threshold is not None and options.threshold < 0.5
+            cost = (sum(job.pixels for job in jobs), len(jobs), seconds, low)
+            for rank, (index, detection) in enumerate(zip(indices, detections)):
+                first = rank == 0
+                answers[index] = RemoteDetection(
+                    replace(detection, replica=self.replica), stats if first else None, cost if first else None
+                )
+        return [answer for answer in answers if answer is not None]
+
+    def check_health(self) -> None:
+        """Serve's periodic check: a replica whose engine is not ready is restarted."""
+        if not self.service.ready:
+            raise RuntimeError("the detector is not ready")
+
+
+class _RemoteDetector:
+    """What the ingress' routes and the 3D service read from "the detector" (name, resize, decode), with ``run``
+    going to the model replicas."""
+
+    def __init__(self, info: dict[str, Any], handle: DeploymentHandle) -> None:
+        self.name: str = info["model"]
+        self.resize: ResizePolicy | None = info["resize"]
+        self.decode: str = info["decode"]
+        self._handle = handle
+
+    def run(self, images: Sequence[Any], **options: Any) -> list[ImageResult]:
+        """Images through the model replicas, from a worker thread (the Reconstructor's own detection path)."""
+        from ..images import load_image
+
+        detect_options = DetectOptions(**{k: v for k, v in options.items() if v is not None})
+        arrays = [load_image(image) if not isinstance(image, np.ndarray) else image for image in images]
+        responses = [self._handle.detect.remote(array, detect_options) for array in arrays]
+        return [response.result().detection.result for response in responses]
+
+
+class RemoteDetectionService(DetectionService):
+    """The ingress' detection service: the plain server's parsing, admission and decoding, with every decoded image
+    sent to the model deployment (where Serve batches it) instead of a local batcher."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        handle: DeploymentHandle,
+        *,
+        parallel: int = 1,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        super().__init__(settings, on_batch=on_batch)
+        self.handle = handle
+        self.parallel = max(1, parallel)
+        """Model replicas working at once: the engine backlog drains this many times faster than one replica's."""
+        self.on_batch = on_batch
+        self._info: dict[str, Any] = {}
+        self._waiting = 0
+
+    @property
+    def engine(self) -> dict[str, object]:
+        return {**self._info.get("engine", {}), "replicas": self.parallel, "batching": "ray serve"}
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @property
+    def images_in_flight(self) -> int:
+        return 0  # the replicas know; Serve's own metrics report their queues
+
+    async def start(self) -> None:
+        """Ask a model replica what it serves (Serve starts the ingress after its replicas are up)."""
+        self.start_pools()
+        self._info = await self.handle.info.remote()
+        self._detector = _RemoteDetector(self._info, self.handle)
+        self.batcher.max_batch_size = int(self._info["max_batch"])
+        self.costs = self._info["costs"]  # calibrated on the replica's own hardware
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.stop_pools()
+
+    def estimate_s(self, sizes: Sequence[tuple[int, int]], options: DetectOptions) -> float:
+        return super().estimate_s(sizes, options) / self.parallel
+
+    async def detect(self, image: np.ndarray | ReducedImage, options: DetectOptions) -> Detection:
+        """One decoded image -> its result from whichever model replica Serve picks (batched there)."""
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                answer: RemoteDetection = await self.handle.detect.remote(image, options)
+        except BackPressureError:
+            raise QueueFullError("the model replicas' queues are full") from None
+        except RayTaskError as exc:  # the replica's own exception (bad option, corrupt image), not Ray's wrapper
+            cause = exc.cause
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+        except RayActorError:
+            raise ApiError(
+                503, "unavailable", "a model replica went away; retry in a moment", headers={"Retry-After": "1"}
+            ) from None
+        finally:
+            self._waiting -= 1
+        if answer.cost is not None:
+            pixels, images, seconds, low = answer.cost
+            self.costs.observe(pixels, images, seconds, low_threshold=low)
+        if answer.stats is not None and self.on_batch is not None:
+            self.on_batch(answer.stats)
+        return answer.detection
+
+
+class Ingress:
+    """The HTTP front: ``create_app`` with the remote detection service, built on the replica at start-up."""
+
+    def __init__(self, model: DeploymentHandle, settings: ServeSettings, parallel: int = 1) -> None:
+        self.model = model
+        self.settings = settings
+        self.parallel = parallel
+
+    def __serve_build_asgi_app__(self) -> Any:
+        def service(settings: ServeSettings, on_batch: Callable[[BatchStats], None]) -> DetectionService:
+            return RemoteDetectionService(settings, self.model, parallel=self.parallel, on_batch=on_batch)
+
+        return create_app(self.settings, service_factory=service)
+
+
+def _cluster_cpus() -> float:
+    """CPUs of the Ray cluster when connected to one, else of this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    return float(os.cpu_count() or 1)
+
+
+def plan_for(
+    settings: ServeSettings,
+    *,
+    replicas: int | None = None,
+    cpus: float | None = None,
+    gpu_memory_mb: float | None = None,
+) -> ReplicaPlan:
+    """The memory planner's size for one model replica of these settings, measured here (on CPU, or on this
+    machine's GPU); ``replicas`` None: one on CPU (its engine uses the cores), as many per card as fit on a GPU."""
+    device = settings.device
+    batch = settings.max_batch or 8
+    backend = settings.backend if settings.backend not in ("auto", "torch-baseline") else "auto"
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device}: this machine has no GPU to measure a replica on; run the command on a GPU node "
+                "(the plan is measured where it runs)"
+            )
+        if gpu_memory_mb is None:
+            gpu_memory_mb = torch.cuda.get_device_properties(torch.device(device)).total_memory / float(1 << 20)
+    footprint = measure_replica_footprint(
+        settings.model, backend=backend, precision=settings.precision, device=device, batches=(1, 2, 4)
+    )
+    total = cpus if cpus is not None else _cluster_cpus()
+    if on_gpu:
+        return plan_replicas(footprint, batch=batch, replicas=replicas, cpus=total, capacity_mb=gpu_memory_mb)
+    import psutil
+
+    return plan_replicas(
+        footprint,
+        batch=batch,
+        replicas=replicas or 1,
+        cpus=total,
+        capacity_mb=psutil.virtual_memory().total / float(1 << 20),
+        reserve_cpus=INGRESS_CPUS,
+    )
+
+
+def build_application(
+    settings: ServeSettings,
+    *,
+    replicas: int | None = None,
+    autoscale: tuple[int, int] | None = None,
+    plan: ReplicaPlan | None = None,
+    ingress_replicas: int = 1,
+) -> serve.Application:
+    """The Serve application: ``ingress_replicas`` HTTP ingress replicas in front of model replicas sized by
+    ``plan`` (measured by :func:`plan_for` when not given), ``replicas`` of them or autoscaled in ``autoscale``."""
+    if replicas is not None and autoscale is not None:
+        raise ValueError("give either replicas or autoscale, not both")
+    preflight(settings)
+    if plan is None:
+        plan = plan_for(settings, replicas=autoscale[1] if autoscale else replicas)
+    log.info("model replica plan: %s", plan.reason)
+    batch = settings.max_batch or 8
+    options: dict[str, Any] = {
+        "name": "model",
+        "ray_actor_options": plan.actor_options(),
+        "max_ongoing_requests": max(2 * batch, 16),
+        "max_queued_requests": settings.max_queue,
+        "health_check_period_s": 10.0,
+        "graceful_shutdown_timeout_s": settings.graceful_shutdown_s,
+    }
+    if autoscale is not None:
+        low, high = autoscale
+        if not 0 <= low <= high or high < 1:
+            raise ValueError(f"autoscale wants MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {low}:{high}")
+        options["autoscaling_config"] = {
+            "min_replicas": max(low, 1),  # the ingress asks a replica what it serves at start-up
+            "max_replicas": high,
+            "target_ongoing_requests": batch,  # one full batch in each replica, the next filling
+        }
+        parallel = high
+    else:
+        options["num_replicas"] = replicas or plan.replicas
+        parallel = options["num_replicas"]
+    model: Any = serve.deployment(ModelReplica, **options)
+    ingress: Any = serve.deployment(
+        serve.ingress()(Ingress),
+        name="http",
+        num_replicas=ingress_replicas,
+        ray_actor_options={"num_cpus": INGRESS_CPUS},
+        max_ongoing_requests=_INGRESS_MAX_ONGOING,
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_s,
+    )
+    application: serve.Application = ingress.bind(model.bind(settings), settings, parallel)
+    return application
+
+
+def build(args: dict[str, str]) -> serve.Application:
+    """``serve run retinaserve.ray:build key=value ...``: any ServeSettings field (``model=``, ``precision=``,
+    ``max_batch=`` ...) over ``RETINASERVE_*`` variables, plus ``replicas=N`` or ``autoscale=MIN:MAX``."""
+    args = dict(args)
+    replicas = int(args.pop("replicas")) if "replicas" in args else None
+    autoscale = parse_autoscale(args.pop("autoscale")) if "autoscale" in args else None
+    known = {f.name for f in fields(ServeSettings)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}: use ServeSettings fields, replicas, autoscale")
+    environ = {**os.environ, **{f"RETINASERVE_{k.upper()}": v for k, v in args.items()}}
+    return build_application(ServeSettings.from_env(environ), replicas=replicas, autoscale=autoscale)
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``"1:4"`` -> (1, 4)."""
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"autoscale wants MIN:MAX such as 1:4, got {text!r}") from None
+    if not 0 <= low <= high or high < 1:
+        raise ValueError(f"autoscale wants MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return low, high
+
+
+def run_until_stopped(
+    settings: ServeSettings,
+    *,
+    replicas: int | None = None,
+    autoscale: tuple[int, int] | None = None,
+    address: str | None = None,
+) -> int:
+    """``retinaserve serve --ray``: join the cluster at ``address`` (or ``RAY_ADDRESS``; else start a local one),
+    run the application on ``settings.host:settings.port`` and keep it up until SIGINT or SIGTERM, then take it
+    down (and the local cluster, if this run started it)."""
+    import signal
+    import threading
+
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, log_to_driver=True)
+    started_cluster = address is None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        application = build_application(settings, replicas=replicas, autoscale=autoscale)
+        serve.run(application, name=APP_NAME, route_prefix="/")
+        print(f"serving on http://{settings.host}:{settings.port} (Ray Serve; Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping: taking the application down")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            serve.delete(APP_NAME)
+            if started_cluster:
+                serve.shutdown()
+        finally:
+            if started_cluster:
+                ray.shutdown()
+    return 0
