@@ -4,6 +4,12 @@ dynamic batching forced on, and off; against the engine's own one-at-a-time rate
     python benchmarks/serve_load.py --image ../shared/images/six_people.jpg --clients 1 8 32 --duration 10 \
         --json out/serve_load.json
 
+The ``ray ...`` modes run the same API as a Ray Serve application (``serve --ray``: an HTTP ingress and model
+replicas behind ``@serve.batch``; the server process starts a local Ray cluster):
+
+    python benchmarks/serve_load.py --image ../shared/images/grace_hopper.jpg --clients 8 32 \
+        --modes "batching on" "ray 1 replica" "ray 2 replicas" --json out/serve_ray.json
+
 Starts the server on 127.0.0.1 (a free port) once per mode, runs wrk (Debian package ``wrk``) for a bounded time
 per client count, and reads the batch-size metric to show how many images each model call carried. The engine's
 rate (the default ``Detector()`` on the same JPEG bytes, decode included, one call after another) is measured
@@ -29,6 +35,9 @@ MODES = {
     "auto": [],
     "batching on": ["--max-batch", "8", "--max-wait-ms", "5"],
     "batching off": ["--max-batch", "1"],
+    # the Ray Serve application (`serve --ray`, a local Ray cluster started by the server), same batching settings
+    "ray 1 replica": ["--ray", "--replicas", "1", "--max-batch", "8", "--max-wait-ms", "5"],
+    "ray 2 replicas": ["--ray", "--replicas", "2", "--max-batch", "8", "--max-wait-ms", "5"],
 }
 
 
@@ -121,7 +130,8 @@ def main() -> None:
             "--log-level",
             "warning",
         ]
-        with running_server(server_flags, log_path=args.log_dir / f"{mode.replace(' ', '_')}.log") as (base, _):
+        log_path = args.log_dir / f"{mode.replace(' ', '_')}.log"
+        with running_server(server_flags, log_path=log_path, ready_timeout_s=300) as (base, _):
             url = f"{base}/v1/detect"
             run_wrk(url, script, 2, 3)  # warm-up, not reported
             for clients in args.clients:

@@ -392,14 +392,25 @@ def run_until_stopped(
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=True)
-    started_cluster = address is None
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    serving = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not serving.is_set():  # still deploying: interrupt the wait (a set flag alone wedged serve.run)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started_cluster = False
     try:
+        ray.init(address=address, log_to_driver=True)
+        started_cluster = address is None
+        for sig in previous:  # Ray's core worker installs its own (aborting) SIGTERM handler
+            signal.signal(sig, on_signal)
         serve.start(http_options={"host": settings.host, "port": settings.port})
         application = build_application(settings, replicas=replicas, autoscale=autoscale)
         serve.run(application, name=APP_NAME, route_prefix="/")
+        serving.set()
         print(f"serving on http://{settings.host}:{settings.port} (Ray Serve; Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass
@@ -407,11 +418,12 @@ def run_until_stopped(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        try:
-            serve.delete(APP_NAME)
-            if started_cluster:
-                serve.shutdown()
-        finally:
-            if started_cluster:
-                ray.shutdown()
+        if ray.is_initialized():
+            try:
+                serve.delete(APP_NAME)
+                if started_cluster:
+                    serve.shutdown()
+            finally:
+                if started_cluster:
+                    ray.shutdown()
     return 0

@@ -21,6 +21,7 @@ from ..engine.planner import Footprint
 __all__ = [
     "CUDA_CONTEXT_MB",
     "DEFAULT_CORES_PER_REPLICA",
+    "MAX_REPLICAS_PER_GPU",
     "GPU_CARDS",
     "ReplicaPlan",
     "measure_replica_footprint",
