@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +188,22 @@ def test_health_metrics_models_and_page(serve_url: str) -> None:
     page = httpx.get(f"{serve_url}/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert httpx.get(f"{serve_url}/static/app.js").status_code == 200
+
+
+def test_webcam_stream_goes_through_serve(serve_url: str) -> None:
+    """/v1/stream (the web page's webcam view) over Serve's proxy: the key in the first message, then a frame."""
+    from websockets.sync.client import connect
+
+    data = SIX_PEOPLE.read_bytes()
+    expected = _post(serve_url, "/v1/detect", content=data).json()
+    with connect(serve_url.replace("http://", "ws://") + "/v1/stream", open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "auth", "key": KEY}))
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["model"] == "ultralight-slim"
+        ws.send(data)
+        result = json.loads(ws.recv(timeout=60))
+        assert result["type"] == "result" and result["id"] == 1, result
+        _same_faces(result["faces"], expected["faces"])
+        ws.send(b"not an image")
+        error = json.loads(ws.recv(timeout=60))
+        assert error["type"] == "error" and error["status"] == 415, error
