@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_video_parser(sub)
 
+    from .bulk.cli import add_batch_parser
+
+    add_batch_parser(sub)
+
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)

@@ -385,36 +385,40 @@ def run_until_stopped(
 ) -> int:
     """``retinaserve serve --ray``: join the cluster at ``address`` (or ``RAY_ADDRESS``; else start a local one),
     run the application on ``settings.host:settings.port`` and keep it up until SIGINT or SIGTERM, then take it
-    down (and the local cluster, if this run started it)."""
+    down (and the local cluster, if this run started it). Exit status 0; Ctrl-C before it serves: 130."""
     import signal
     import threading
 
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    stop = threading.Event()
-    serving = threading.Event()
+    stop, serving = threading.Event(), threading.Event()
+    received: list[int] = []
 
-    def on_signal(*_: object) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
         stop.set()
         if not serving.is_set():  # still deploying: interrupt the wait (a set flag alone wedged serve.run)
             raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     started_cluster = False
     try:
         ray.init(address=address, log_to_driver=True)
         started_cluster = address is None
-        for sig in previous:  # Ray's core worker installs its own (aborting) SIGTERM handler
+        for sig in signals:  # Ray's core worker installs its own (aborting) SIGTERM handler
             signal.signal(sig, on_signal)
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        application = build_application(settings, replicas=replicas, autoscale=autoscale)
-        serve.run(application, name=APP_NAME, route_prefix="/")
+        serve.run(build_application(settings, replicas=replicas, autoscale=autoscale), name=APP_NAME)
         serving.set()
         print(f"serving on http://{settings.host}:{settings.port} (Ray Serve; Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass
         log.info("stopping: taking the application down")
+    except KeyboardInterrupt:
+        if received[-1:] != [signal.SIGTERM]:  # Ctrl-C while deploying: 130 (the CLI's); a service stop: 0
+            raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -21,8 +21,8 @@ from ..engine.planner import Footprint
 __all__ = [
     "CUDA_CONTEXT_MB",
     "DEFAULT_CORES_PER_REPLICA",
-    "MAX_REPLICAS_PER_GPU",
     "GPU_CARDS",
+    "MAX_REPLICAS_PER_GPU",
     "ReplicaPlan",
     "measure_replica_footprint",
     "plan_replicas",

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,15 +57,28 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Itera
         f"--port={port}",
         f"--num-cpus={RAY_CPUS}",
         "--num-gpus=0",
+        "--node-ip-address=127.0.0.1",  # loopback only: nothing of the test cluster listens on other interfaces
         "--include-dashboard=false",
         "--disable-usage-stats",
         f"--temp-dir={temp}",
     ]
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=180)
+    log = (tmp_path_factory.getbasetemp() / "ray-head.log").open("w")
+    # --block keeps `ray start` in the foreground: ending it stops this cluster's processes and no others (`ray stop`
+    # would stop every Ray on the machine, a benchmark's or another session's included)
+    head = subprocess.Popen(
+        [*command, "--block"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     address = f"127.0.0.1:{port}"
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # this driver and the CLI subprocesses the tests start
     try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in Path(log.name).read_text():  # the head node is up (GCS and raylet)
+            if head.poll() is not None:
+                raise RuntimeError(f"ray start exited with {head.returncode}; see {log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray start did not finish within 180 s; see {log.name}")
+            time.sleep(0.5)
         ray.init(address=address, log_to_driver=False)
         yield address
     finally:
@@ -72,5 +87,11 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Itera
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = previous
-        subprocess.run([_ray_cli(), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
         shutil.rmtree(temp, ignore_errors=True)

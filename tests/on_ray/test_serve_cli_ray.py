@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -24,7 +25,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell starts children with SIGINT ignored
 
 
-def test_serve_ray_serves_until_sigterm(ray_address: str) -> None:
+def test_serve_ray_serves_until_sigterm(ray_address: str, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ray_address, "RETINASERVE_WEIGHTS_DIR": WEIGHT_DIRS}
     command = [
@@ -47,32 +48,30 @@ def test_serve_ray_serves_until_sigterm(ray_address: str) -> None:
         "none",
         "--no-warmup",
     ]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint
-    )
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve --ray did not become ready"
+        while "serving on" not in log_path.read_text():  # deployed: Serve reports the application running
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "serve --ray did not come up"
             time.sleep(0.5)
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
         answer = httpx.post(f"{url}/v1/detect", content=GRACE_HOPPER.read_bytes(), timeout=60)
         assert answer.status_code == 200 and len(answer.json()["faces"]) == 1
         assert answer.headers["X-Replica"]
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
+        process.wait(timeout=120)
+        output = log_path.read_text()
         assert process.returncode == 0, output[-3000:]
         assert f"serving on http://127.0.0.1:{port}" in output
         assert "model replica plan: ultralight-slim onnx/fp32 at batch" in output
     finally:
         if process.poll() is None:
             process.kill()
+        log.close()
         serve.shutdown()  # the Serve instance this process joined: the next test module starts its own proxy
 
 
