@@ -15,6 +15,7 @@ the RAM they need; their number is fixed (``--replicas``) or left to Serve's aut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -75,6 +76,8 @@ class ModelReplica:
     """One copy of the detector (built, warmed up and timed as the plain server's) behind ``@serve.batch``."""
 
     async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
+        if settings.device.startswith("cuda"):  # Ray shows a replica only its own GPU (CUDA_VISIBLE_DEVICES)
+            settings = dataclasses.replace(settings, device="cuda")
         self.service = DetectionService(settings)  # its batcher is only the engine's thread: Serve batches
         await self.service.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -259,6 +262,17 @@ def _cluster_cpus() -> float:
     return float(os.cpu_count() or 1)
 
 
+def _measure_gpu_replica(settings: ServeSettings, backend: str) -> tuple[Any, float]:
+    """One replica's footprint on this machine's GPU and the card's memory (MiB)."""
+    import torch
+
+    footprint = measure_replica_footprint(
+        settings.model, backend=backend, precision=settings.precision, device=settings.device, batches=(1, 2, 4)
+    )
+    card = torch.device(settings.device if ":" in settings.device else "cuda:0")
+    return footprint, torch.cuda.get_device_properties(card).total_memory / float(1 << 20)
+
+
 def plan_for(
     settings: ServeSettings,
     *,
@@ -266,30 +280,34 @@ def plan_for(
     cpus: float | None = None,
     gpu_memory_mb: float | None = None,
 ) -> ReplicaPlan:
-    """The memory planner's size for one model replica of these settings, measured here (on CPU, or on this
-    machine's GPU); ``replicas`` None: one on CPU (its engine uses the cores), as many per card as fit on a GPU."""
+    """The memory planner's size for one model replica of these settings, measured on this machine (a GPU
+    deployment from a machine without one: in a Ray task on a GPU of the cluster); ``replicas`` None: one on CPU
+    (its engine uses the cores), as many per card as fit on a GPU."""
     device = settings.device
     batch = settings.max_batch or 8
     backend = settings.backend if settings.backend not in ("auto", "torch-baseline") else "auto"
-    on_gpu = device.startswith("cuda")
-    if on_gpu:
+    total = cpus if cpus is not None else _cluster_cpus()
+    if device.startswith("cuda"):
+        import ray
         import torch
 
-        if not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            footprint, card_mb = _measure_gpu_replica(settings, backend)
+        elif ray.is_initialized():
+            footprint, card_mb = ray.get(ray.remote(num_gpus=1)(_measure_gpu_replica).remote(settings, backend))
+        else:
             raise ValueError(
-                f"device {device}: this machine has no GPU to measure a replica on; run the command on a GPU node "
-                "(the plan is measured where it runs)"
+                f"device {device}: no GPU here to measure a replica on; run on a GPU node, or join the cluster first "
+                "(`retinaserve serve --ray` measures in a Ray task on a GPU)"
             )
-        if gpu_memory_mb is None:
-            gpu_memory_mb = torch.cuda.get_device_properties(torch.device(device)).total_memory / float(1 << 20)
+        gpus = float(ray.cluster_resources().get("GPU", 1.0)) if ray.is_initialized() else 1.0
+        capacity = gpu_memory_mb or card_mb
+        return plan_replicas(footprint, batch=batch, replicas=replicas, cpus=total, gpus=gpus, capacity_mb=capacity)
+    import psutil
+
     footprint = measure_replica_footprint(
         settings.model, backend=backend, precision=settings.precision, device=device, batches=(1, 2, 4)
     )
-    total = cpus if cpus is not None else _cluster_cpus()
-    if on_gpu:
-        return plan_replicas(footprint, batch=batch, replicas=replicas, cpus=total, capacity_mb=gpu_memory_mb)
-    import psutil
-
     return plan_replicas(
         footprint,
         batch=batch,
