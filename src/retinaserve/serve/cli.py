@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,15 +153,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"the HTTP service needs the 'serve' extra ({exc.name} is missing): pip install 'retinaserve[serve]'"
         ) from None
 
+    if not args.ray and (args.replicas is not None or args.autoscale is not None):
+        raise ServeConfigError("--replicas and --autoscale are for --ray")
+    run_on_ray = _ray_runner(args) if args.ray else None  # its argument errors too come before anything starts
     settings = settings_from_args(args)
     preflight(settings)  # unknown model, missing weights file, precision without an engine: one line, no port bound
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    if args.ray or args.replicas is not None or args.autoscale is not None:
-        if not args.ray:
-            raise ServeConfigError("--replicas and --autoscale are for --ray")
-        return _serve_on_ray(settings, args)
+    if run_on_ray is not None:
+        return run_on_ray(settings)
     app = create_app(settings)
     limit_heap_arenas(2)  # before uvicorn and the batcher start their threads
     tune_allocator()  # torch's CPU paths would fault their activations in afresh on every call
@@ -168,8 +171,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_on_ray(settings: ServeSettings, args: argparse.Namespace) -> int:
-    """``serve --ray``: the Serve application on a Ray cluster until SIGINT or SIGTERM."""
+def _ray_runner(args: argparse.Namespace) -> Callable[[ServeSettings], int]:
+    """``serve --ray``: what runs the Serve application on a Ray cluster until SIGINT or SIGTERM (the ray extra and
+    ``--autoscale`` checked now)."""
     from .inference import ServeConfigError
 
     try:
@@ -179,4 +183,4 @@ def _serve_on_ray(settings: ServeSettings, args: argparse.Namespace) -> int:
             f"--ray needs the 'ray' extra ({exc.name} is missing): pip install 'retinaserve[ray]'"
         ) from None
     autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
-    return run_until_stopped(settings, replicas=args.replicas, autoscale=autoscale, address=args.ray_address)
+    return partial(run_until_stopped, replicas=args.replicas, autoscale=autoscale, address=args.ray_address)
