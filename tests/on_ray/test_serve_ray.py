@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 
 from ..conftest import ASTRONAUT, CROWD, GRACE_HOPPER, SIX_PEOPLE
@@ -28,9 +29,9 @@ OVERRIDES: dict[str, Any] = {
     "max_batch": 4,
     "max_wait_ms": 20.0,
     "max_queue_delay_ms": 10_000.0,  # admit what the tests send at once (the default admits about one batch ahead)
-    "reconstruction_model": "none",
 }
-"""The plain server and the Serve app get these same settings; 1 MB uploads make the size limit testable."""
+"""The plain server and the Serve app get these same settings (3D with the default facemesh-468); 1 MB uploads make the
+size limit testable."""
 
 
 def _wait_ready(url: str, timeout_s: float = 180.0) -> None:
@@ -207,3 +208,20 @@ def test_webcam_stream_goes_through_serve(serve_url: str) -> None:
         ws.send(b"not an image")
         error = json.loads(ws.recv(timeout=60))
         assert error["type"] == "error" and error["status"] == 415, error
+
+
+def test_reconstruct_through_serve(serve_url: str, plain_url: str) -> None:
+    """The 3D routes on Ray: the mesh network in the ingress, its face detection in the model replicas."""
+    data = GRACE_HOPPER.read_bytes()
+    ray_answer = _post(serve_url, "/v1/reconstruct", params={"format": "json"}, content=data)
+    plain_answer = _post(plain_url, "/v1/reconstruct", params={"format": "json"}, content=data)
+    assert ray_answer.status_code == plain_answer.status_code == 200, ray_answer.text
+    ray_body, plain_body = ray_answer.json(), plain_answer.json()
+    assert ray_body["model"] == plain_body["model"] == "facemesh-468"
+    assert ray_body["image"] == plain_body["image"]
+    assert len(ray_body["faces"]) == len(plain_body["faces"]) == 1
+    ray_face, plain_face = ray_body["faces"][0], plain_body["faces"][0]
+    np.testing.assert_allclose(np.array(ray_face["landmarks_68"]), np.array(plain_face["landmarks_68"]), atol=0.01)
+    assert ray_face["pose"] == pytest.approx(plain_face["pose"], abs=1e-3)
+    glb = _post(serve_url, "/v1/reconstruct", content=data)
+    assert glb.status_code == 200 and glb.content[:4] == b"glTF"
