@@ -35,6 +35,14 @@ def score_threshold(text: str) -> float:
     return value
 
 
+def at_least_one(text: str) -> int:
+    """An integer >= 1 (a count: replicas, a batch size, every Nth frame), for argparse."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def iou_threshold(text: str) -> float:
     """An IoU threshold in (0, 1] (NMS: the Detector's rule, 1 keeps every box but exact duplicates), for argparse."""
     value = float(text)

@@ -92,4 +92,4 @@ def test_replicas_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--ray", "--replicas", "0"])
     assert exit_info.value.code == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    assert "must be at least 1" in capsys.readouterr().err

@@ -21,16 +21,9 @@ __all__ = ["add_batch_parser", "cmd_batch"]
 log = logging.getLogger(__name__)
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``retinaserve batch SRC --out FILE``: bulk detection into one resumable Parquet or JSONL file."""
-    from ..cli import score_threshold
+    from ..cli import at_least_one, score_threshold
     from ..registry import DEFAULT_MODEL
 
     parser = subparsers.add_parser(
@@ -70,11 +63,11 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_at_least_one,
+        type=at_least_one,
         help="images per model call (default: the detector's own: what `auto` measured paid, else 8)",
     )
     parser.add_argument(
-        "--replicas", type=_at_least_one, help="--ray: model replicas (default: as many as the plan fits)"
+        "--replicas", type=at_least_one, help="--ray: model replicas (default: as many as the plan fits)"
     )
     parser.add_argument(
         "--retry-errors", action="store_true", help="also redo the images whose row in --out is an error"

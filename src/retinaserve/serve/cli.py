@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    from ..cli import at_least_one
+
     serve = subparsers.add_parser(
         "serve",
         help="run the HTTP service (detect, batch, beautify, 3D reconstruction and jobs, web page, metrics)",
@@ -79,7 +81,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     ray.add_argument("--ray", action="store_true", help="serve as a Ray Serve application instead of one process")
     scale = ray.add_mutually_exclusive_group()
     scale.add_argument(
-        "--replicas", type=_at_least_one, help="model replicas (default: what the memory planner sizes: 1 on CPU)"
+        "--replicas", type=at_least_one, help="model replicas (default: what the memory planner sizes: 1 on CPU)"
     )
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Serve scale the model replicas between MIN and MAX")
     ray.add_argument(
@@ -87,13 +89,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     return serve
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:

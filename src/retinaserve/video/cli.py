@@ -22,13 +22,6 @@ __all__ = ["add_video_parser", "cmd_video"]
 log = logging.getLogger(__name__)
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -38,7 +31,7 @@ def _positive(text: str) -> float:
 
 def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``retinaserve video SRC...``: faces in video files, image sequences, streams and cameras, batched."""
-    from ..cli import iou_threshold, score_threshold
+    from ..cli import at_least_one, iou_threshold, score_threshold
     from ..registry import DEFAULT_MODEL
 
     parser = subparsers.add_parser(
@@ -71,7 +64,7 @@ def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
     hide.add_argument("--pixelate", action="store_true", help="write an MP4 per source with the faces pixelated")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per frame: source, frame, pts, faces")
     parser.add_argument("--summary", type=Path, help="also write the JSON summary to this file")
-    parser.add_argument("--every", type=_at_least_one, default=1, help="process every Nth frame (default 1: all)")
+    parser.add_argument("--every", type=at_least_one, default=1, help="process every Nth frame (default 1: all)")
     parser.add_argument("--max-fps", type=_positive, help="process at most F frames per second of each stream")
     parser.add_argument(
         "--live",
@@ -81,7 +74,7 @@ def add_video_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch",
-        type=_at_least_one,
+        type=at_least_one,
         default=4,
         help="frames per network call at most, across streams (1: no batching)",
     )
