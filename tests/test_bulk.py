@@ -1,9 +1,11 @@
 """``retinaserve batch`` in this process on real photos: the rows equal ``retinaserve detect --json``'s faces, bad
 files get their error and sink nothing, JSONL and Parquet, folder / glob / list sources, resume after a partial
-run, after a crash (Parquet parts left, a JSONL line cut) and after Ctrl-C, ``--retry-errors``, usage errors."""
+run, after a crash (Parquet parts left, a JSONL line cut) and after Ctrl-C, ``--retry-errors``, usage errors;
+``--reconstruct``: the meshes equal ``retinaserve reconstruct --json``'s."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -208,11 +210,11 @@ def test_ctrl_c_keeps_what_was_detected(
     calls = []
     real = runner.detect_rows
 
-    def interrupted_on_the_second_batch(detector: Any, batch_: Any) -> Any:
+    def interrupted_on_the_second_batch(detector: Any, batch_: Any, *rest: Any) -> Any:
         calls.append(len(batch_))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(detector, batch_)
+        return real(detector, batch_, *rest)
 
     monkeypatch.setattr(runner, "detect_rows", interrupted_on_the_second_batch)
     out = tmp_path / "results.parquet"
@@ -312,3 +314,103 @@ def test_results_files_pick_the_format_by_suffix(tmp_path: Path) -> None:
     assert isinstance(open_results(tmp_path / "a.parquet"), ParquetResults)
     with pytest.raises(ValueError, match="must end in .parquet or .jsonl"):
         open_results(tmp_path / "a.json")
+
+
+def reconstruct_reference(paths: list[Path], json_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``retinaserve reconstruct --json`` on ``paths`` with the batch tests' detector (its Detector pinned to their
+    backend: ``reconstruct`` has no flag for it and ``auto`` would measure first): resolved path -> mesh entries."""
+    import retinaserve.detection
+    from retinaserve.detection import Detector
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(retinaserve.detection, "Detector", functools.partial(Detector, backend=BACKEND))
+        argv = ["reconstruct", *map(str, paths), "--detector", MODEL, "--json", str(json_path), "-q"]
+        assert main([*argv, "--out", str(json_path.parent / "meshes")]) == 0
+    return {str(Path(path).resolve()): faces for path, faces in json.loads(json_path.read_text()).items()}
+
+
+def assert_meshes_match(rows: list[dict[str, Any]], reference: dict[str, list[dict[str, Any]]]) -> None:
+    """Each good row has ``reconstruct --json``'s entries (landmarks within 0.01 px, the same keys but ``files``);
+    each error row has no meshes."""
+    for row in rows:
+        meshes = json.loads(row["meshes"]) if isinstance(row["meshes"], str) else row["meshes"]  # Parquet: JSON
+        if row["error"] is not None:
+            assert meshes is None and row["path"] not in reference
+            continue
+        expected = reference[row["path"]]
+        assert len(meshes) == len(expected) > 0 and row["timings_ms"]["reconstruct"] > 0
+        for got, want in zip(meshes, expected):
+            assert set(got) - {"files"} == set(want) - {"files"} and got["model"] == want["model"]
+            assert np.allclose(got["landmarks_68"], want["landmarks_68"], atol=0.01, rtol=0)
+            assert got["pose"] == pytest.approx(want["pose"], abs=0.01) and got["box"] == pytest.approx(want["box"])
+
+
+def test_reconstruct_adds_the_meshes_of_reconstruct_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--reconstruct``: each row's meshes equal ``retinaserve reconstruct --json``'s for its image, a corrupt file
+    is an error row; ``--mesh-dir`` writes GLBs that load; a file's rows never mix with and without meshes."""
+    import trimesh
+
+    from retinaserve.bulk.meshes import mesh_file_stems
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in (GRACE_HOPPER, SIX_PEOPLE):
+        shutil.copy(source, folder / source.name)
+    (folder / "cut.jpg").write_bytes(SIX_PEOPLE.read_bytes()[:20000])
+    reference = reconstruct_reference([folder / p.name for p in (GRACE_HOPPER, SIX_PEOPLE)], tmp_path / "ref.json")
+
+    out, mesh_dir = tmp_path / "results.jsonl", tmp_path / "meshes"
+    code, summary, err = batch(capsys, str(folder), "--out", str(out), "--reconstruct", "--mesh-dir", str(mesh_dir))
+    rows = read_rows(out)
+    assert code == 1 and summary["errors"] == 1 and "corrupt or truncated image" in err
+    assert summary["reconstruct"] == "facemesh-468" and summary["meshes"] == sum(map(len, reference.values())) == 7
+    assert_meshes_match(rows, reference)
+    files = [Path(entry["files"]["glb"]) for row in rows for entry in row["meshes"] or ()]
+    assert sorted(f.name for f in files) == ["grace_hopper_face0.glb", *(f"six_people_face{n}.glb" for n in range(6))]
+    loaded = trimesh.load(files[0], force="mesh")
+    assert len(loaded.vertices) >= 468 and len(loaded.faces) > 800
+    assert mesh_file_stems(["/a/x.jpg", "/b/X.png", "/c/y.jpg"]).keys() == {"/a/x.jpg", "/b/X.png"}
+
+    parquet = tmp_path / "results.parquet"  # no --mesh-dir: no files, no texture baked
+    code, summary, _ = batch(capsys, str(folder), "--out", str(parquet), "--reconstruct", "facemesh-468", "-q")
+    assert code == 1 and summary["meshes"] == 7
+    assert_meshes_match(read_rows(parquet), reference)
+    assert all("files" not in m for row in read_rows(parquet) for m in json.loads(row["meshes"] or "[]"))
+    assert batch(capsys, str(folder), "--out", str(parquet), "--reconstruct", "-q")[1]["skipped"] == 3
+
+    plain = tmp_path / "plain.jsonl"  # resuming with and without --reconstruct is refused
+    assert batch(capsys, str(GRACE_HOPPER), "--out", str(plain), "-q")[0] == 0
+    for target, flags, message in (
+        (plain, ["--reconstruct"], "was written without --reconstruct"),
+        (parquet, [], "was written with --reconstruct"),
+        (plain, ["--mesh-dir", str(mesh_dir)], "add --reconstruct"),
+        (plain, ["--reconstruct", "--decode", "fast"], "drop --decode fast"),
+        (plain, ["--reconstruct", MODEL], "not a 3D reconstruction model"),
+    ):
+        code, _, err = batch(capsys, str(folder), "--out", str(target), *flags)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_failed_reconstruction_is_that_image_s_error() -> None:
+    """A Reconstructor call that fails is retried image by image: the failing image becomes an error row (with its
+    detect and reconstruct times), the others get their meshes."""
+    from retinaserve.bulk.meshes import MeshOptions, MeshStage
+    from retinaserve.detection.results import ImageResult
+    from retinaserve.reconstruction.results import ImageReconstruction
+
+    class Flaky:
+        def run_detected(self, images: list[np.ndarray], detections: list[Any], **_: Any) -> list[Any]:
+            if any(image.shape[1] == 13 for image in images):
+                raise RuntimeError("the mesh network\nfailed")
+            return [ImageReconstruction([], [], image.shape[1], image.shape[0]) for image in images]
+
+    stage = MeshStage(MeshOptions(), Flaky())  # type: ignore[arg-type]
+    rows = [
+        {"path": f"/{w}.png", "model": MODEL, "error": None, "timings_ms": {"decode": 1.0, "detect": 2.0}}
+        for w in (20, 13, 30)
+    ]
+    images = {i: (np.zeros((5, w, 3), np.uint8), ImageResult([], w, 5, (w, 5))) for i, w in enumerate((20, 13, 30))}
+    out = stage.add(rows, images)
+    assert [row["meshes"] for row in out] == [[], None, []]
+    assert [row["error"] for row in out] == [None, "reconstruction: the mesh network failed", None]
+    assert out[1]["timings_ms"]["detect"] == 2.0 and out[1]["timings_ms"]["reconstruct"] >= 0

@@ -19,7 +19,17 @@ from retinaserve.cli import main
 from retinaserve.ray.data import DetectorActor, decode_batch, decode_cpus
 from retinaserve.ray.sizing import ReplicaPlan
 from tests.conftest import WEIGHT_DIRS
-from tests.test_bulk import BACKEND, ENGINE, MODEL, assert_rows_match, detect_reference, make_photo_folder, read_rows
+from tests.test_bulk import (
+    BACKEND,
+    ENGINE,
+    MODEL,
+    assert_meshes_match,
+    assert_rows_match,
+    detect_reference,
+    make_photo_folder,
+    read_rows,
+    reconstruct_reference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +79,26 @@ def test_two_replicas_small_batches_jsonl(
     summary = json.loads(capsys.readouterr().out)
     assert summary["ray"]["replicas"] == 2 and summary["ray"]["batch"] == 2 and summary["done"] == 6
     assert_rows_match(read_rows(out), photos, reference)
+
+
+def test_ray_reconstruct_equals_reconstruct_json(
+    ray_address: str, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ray --reconstruct``: the actors build the Reconstructor on their Detector; the meshes of two photos equal
+    ``retinaserve reconstruct --json``'s, and the plan counts the 3D model in a replica's footprint."""
+    images = [photos / "grace_hopper.jpg", photos / "nested" / "six_people.jpg"]
+    reference = reconstruct_reference(images, tmp_path / "ref.json")
+    listing = tmp_path / "two.txt"
+    listing.write_text("".join(f"{path}\n" for path in images))
+    out = tmp_path / "results.parquet"
+    assert main(["batch", str(listing), "--out", str(out), "--ray", "--reconstruct", *ENGINE]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["mode"] == "ray" and summary["done"] == 2 and summary["meshes"] == 7
+    assert "(with facemesh-468: " in captured.err
+    rows = read_rows(out)
+    assert len(rows) == 2
+    assert_meshes_match(rows, reference)
 
 
 def test_decode_stage_and_actor_agree_with_the_detector(photos: Path, reference: dict) -> None:

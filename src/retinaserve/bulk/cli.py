@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..detection.detector import DecodeMode
+    from .meshes import MeshOptions
     from .runner import DetectorOptions
 
 __all__ = ["add_batch_parser", "cmd_batch"]
@@ -24,14 +26,15 @@ log = logging.getLogger(__name__)
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``retinaserve batch SRC --out FILE``: bulk detection into one resumable Parquet or JSONL file."""
     from ..cli import at_least_one, score_threshold
-    from ..registry import DEFAULT_MODEL
+    from ..registry import DEFAULT_MODEL, DEFAULT_RECONSTRUCTION_MODEL
 
     parser = subparsers.add_parser(
         "batch",
         help="detect faces in many photos into one Parquet or JSONL file that a rerun resumes (--ray: on Ray Data)",
         description="SRC is a folder (its images, recursively), a glob pattern (quote it), a .txt list (one path a "
         "line, relative to the list's folder; blank lines and # comments skipped) or a .parquet list (a 'path' "
-        "column). Writes one row per image: path, width, height, faces, num_faces, timings_ms, model, error. A "
+        "column). Writes one row per image: path, width, height, faces, num_faces, timings_ms, model, error (with "
+        "--reconstruct also meshes). A "
         "rerun with the same --out skips the images already in it. Prints a JSON summary on stdout at the end.",
     )
     parser.add_argument("source", metavar="SRC", help="folder, glob pattern, or .txt / .parquet list of paths")
@@ -58,8 +61,22 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--decode",
         choices=("fast", "exact"),
-        default="fast",
-        help="JPEGs: fast (default) decodes at the 1/2, 1/4 or 1/8 scale the network input needs; exact at full size",
+        help="JPEGs: fast (default) decodes at the 1/2, 1/4 or 1/8 scale the network input needs; exact at full size "
+        "(what --reconstruct needs and sets)",
+    )
+    parser.add_argument(
+        "--reconstruct",
+        nargs="?",
+        const=DEFAULT_RECONSTRUCTION_MODEL,
+        metavar="MODEL",
+        help="also reconstruct each face in 3D: rows gain 'meshes', the entries `retinaserve reconstruct --json` "
+        f"writes (MODEL: a reconstruction model, default {DEFAULT_RECONSTRUCTION_MODEL})",
+    )
+    parser.add_argument(
+        "--mesh-dir",
+        type=Path,
+        help="with --reconstruct: also write each face's textured GLB here as <image stem>_face<N>.glb (--ray on "
+        "several nodes: a folder they all see)",
     )
     parser.add_argument(
         "--batch-size",
@@ -88,6 +105,7 @@ class _Tally:
     done: int = 0
     errors: int = 0
     faces: int = 0
+    meshes: int = 0
     first_row_s: float | None = None
 
     def add(self, row: dict[str, Any], elapsed_s: float) -> None:
@@ -98,6 +116,7 @@ class _Tally:
             self.errors += 1
         else:
             self.faces += row["num_faces"]
+            self.meshes += len(row.get("meshes") or ())
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -116,10 +135,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     get_model_spec(args.model)  # an unknown model is a usage error before anything is read
+    decode = _decode_mode(args)
     if args.ray:
         _require_ray()
-    results = open_results(args.out)
+    results = open_results(args.out, meshes=args.reconstruct is not None)
     paths = [str(p) for p in list_images(args.source)]
+    meshes = _mesh_options(args, paths)
     resume = results.resume(paths, retry_errors=args.retry_errors)
     todo, skipped, skipped_errors = resume.todo, resume.skipped, resume.skipped_errors
     download = args.download or args.model == DEFAULT_MODEL
@@ -131,14 +152,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
         weights=args.weights,
         threshold=args.threshold,
         batch_size=args.batch_size,
-        decode=args.decode,
+        decode=decode,
         download=download,
         calibration=_calibration(args, todo),
     )
     tally = _Tally()
     writer = ChunkedWriter(results)
     progress = tqdm(
-        total=len(paths), initial=skipped, desc="detecting", unit="img", disable=args.quiet, file=sys.stderr
+        total=len(paths),
+        initial=skipped,
+        desc="detecting" if meshes is None else "reconstructing",
+        unit="img",
+        disable=args.quiet,
+        file=sys.stderr,
     )
 
     def on_row(row: dict[str, Any]) -> None:
@@ -156,12 +182,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if todo and download and args.weights is None:
             _provision(args.model, progress=not args.quiet)
         if todo and args.ray:
-            summary["ray"] = _run_ray(todo, options, args, on_row)
+            summary["ray"] = _run_ray(todo, options, meshes, args, on_row)
         elif todo:
             detector = options.build()
             log.info("%r", detector)
             summary["batch_size"] = detector.batch_size
-            run_in_process(detector, todo, on_row)
+            stage = meshes.build(detector, options.device) if meshes is not None else None
+            if stage is not None:
+                log.info("%r", stage.reconstructor)
+            run_in_process(detector, todo, on_row, meshes=stage)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -178,6 +207,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         "skipped_errors": skipped_errors,
         "errors": tally.errors,
         "faces": tally.faces,
+        **({"reconstruct": meshes.model, "meshes": tally.meshes} if meshes is not None else {}),
         "images_per_s": round(tally.done / wall_s, 3) if wall_s > 0 else None,
         "first_row_s": None if tally.first_row_s is None else round(tally.first_row_s, 3),
         "wall_s": round(wall_s, 3),
@@ -188,13 +218,46 @@ def cmd_batch(args: argparse.Namespace) -> int:
         retry = f" ({skipped_errors} with errors: --retry-errors redoes them)" if skipped_errors else ""
         print(
             f"{tally.done} images done, {skipped} skipped as already done{retry}, {tally.errors} errors, "
-            f"{tally.faces} faces, {summary['images_per_s'] or 0:.1f} images/s, {wall_s:.1f} s -> {args.out}",
+            f"{tally.faces} faces{'' if meshes is None else f', {tally.meshes} meshes'}, "
+            f"{summary['images_per_s'] or 0:.1f} images/s, {wall_s:.1f} s -> {args.out}",
             file=sys.stderr,
         )
     print(json.dumps(summary, indent=1))
     if interrupted:
         return 130
     return 1 if tally.errors else 0
+
+
+def _decode_mode(args: argparse.Namespace) -> DecodeMode:
+    """``--decode``: fast by default; exact with ``--reconstruct`` (crops and textures need the full pixels, and
+    ``reconstruct`` detects on them), where asking for fast is a usage error."""
+    if args.reconstruct is None:
+        if args.mesh_dir is not None:
+            raise ValueError("--mesh-dir writes the meshes of --reconstruct: add --reconstruct")
+        return "exact" if args.decode == "exact" else "fast"
+    if args.decode == "fast":
+        raise ValueError(
+            "--reconstruct decodes images at full size (crops and textures need every pixel): drop --decode fast"
+        )
+    return "exact"
+
+
+def _mesh_options(args: argparse.Namespace, paths: list[str]) -> MeshOptions | None:
+    """What ``--reconstruct`` and ``--mesh-dir`` ask for (an unknown 3D model is a usage error here, before any
+    work); file names are decided over all of the run's ``paths``, so a resumed run names files as the first did."""
+    if args.reconstruct is None:
+        return None
+    from ..registry import get_reconstruction_spec
+    from .meshes import MeshOptions, mesh_file_stems
+
+    get_reconstruction_spec(args.reconstruct)
+    mesh_dir = args.mesh_dir.expanduser().resolve() if args.mesh_dir is not None else None
+    return MeshOptions(
+        model=args.reconstruct,
+        mesh_dir=mesh_dir,
+        renamed=mesh_file_stems(paths) if mesh_dir is not None else {},
+        download=True if args.download else None,
+    )
 
 
 def _calibration(args: argparse.Namespace, todo: list[str]) -> tuple[Path, ...]:
@@ -215,7 +278,9 @@ def _require_ray() -> None:
         raise ValueError("--ray needs Ray Data: pip install 'ray[data]' (or retinaserve[ray])") from None
 
 
-def _run_ray(todo: list[str], options: DetectorOptions, args: argparse.Namespace, on_row: Any) -> dict[str, Any]:
+def _run_ray(
+    todo: list[str], options: DetectorOptions, meshes: MeshOptions | None, args: argparse.Namespace, on_row: Any
+) -> dict[str, Any]:
     """Plan the replicas on the connected cluster, say why, and run; returns the plan for the summary."""
     from tqdm import tqdm
 
@@ -224,11 +289,11 @@ def _run_ray(todo: list[str], options: DetectorOptions, args: argparse.Namespace
 
     verbose = bool(getattr(args, "verbose", False))
     with ray_session(verbose=verbose):
-        options, plan = plan_for_cluster(options, replicas=args.replicas)
+        options, plan = plan_for_cluster(options, replicas=args.replicas, meshes=meshes)
         if not args.quiet:
             tqdm.write(f"ray plan: {plan.reason}", file=sys.stderr)  # above the progress bar
         log.info("ray plan: %s", plan.to_dict())
-        decode = run_on_ray(todo, options, plan, on_row, rows_per_call=args.batch_size or DEFAULT_BATCH)
+        decode = run_on_ray(todo, options, plan, on_row, rows_per_call=args.batch_size or DEFAULT_BATCH, meshes=meshes)
     return {
         "replicas": plan.replicas,
         "batch": plan.batch,

@@ -2,7 +2,8 @@
 
 One row per image: ``path`` (absolute), ``width``/``height`` (null on error), ``faces`` (``Face.to_dict()`` each;
 null on error), ``num_faces`` (null on error), ``timings_ms`` ``{decode, detect}``, ``model``, ``error`` (null or
-one line). Rows are written in chunks as they come (every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS`):
+one line); with ``--reconstruct`` also ``meshes`` (see :mod:`.meshes`; null on error) and ``timings_ms``
+``reconstruct``. Rows are written in chunks as they come (every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS`):
 
 - JSONL: lines appended and flushed; a line cut by a crash is dropped on resume;
 - Parquet (one file cannot be appended to): each chunk is a complete part file,
@@ -11,7 +12,9 @@ one line). Rows are written in chunks as they come (every :data:`FLUSH_ROWS` row
   removes the folder.
 
 What a resumed run skips is read from the file and any parts left: the last row of a path wins, and a path is done
-unless its last row is an error and ``--retry-errors`` is given. Finishing keeps one row per path, the last.
+unless its last row is an error and ``--retry-errors`` is given. Finishing keeps one row per path, the last. A
+file with meshes is resumed only with ``--reconstruct``, and one without only without it (a ValueError says so):
+rows with and without meshes never mix in one file.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .sources import require_pyarrow
 __all__ = [
     "FLUSH_ROWS",
     "FLUSH_SECONDS",
+    "MESH_FIELD",
     "RESULT_FIELDS",
     "ChunkedWriter",
     "JsonlResults",
@@ -44,12 +48,15 @@ __all__ = [
     "image_row",
     "open_results",
     "parquet_schema",
+    "result_fields",
 ]
 
 log = logging.getLogger(__name__)
 
 RESULT_FIELDS = ("path", "width", "height", "faces", "num_faces", "timings_ms", "model", "error")
 """The columns of a results file, in order."""
+MESH_FIELD = "meshes"
+"""The column ``--reconstruct`` adds after them."""
 FLUSH_ROWS = 64
 FLUSH_SECONDS = 10.0
 """Rows are made durable at least this often, so a crash loses at most this much work."""
@@ -85,10 +92,17 @@ def error_row(path: str, model: str, error: str, decode_ms: float, detect_ms: fl
     }
 
 
-def parquet_schema() -> Any:
+def result_fields(meshes: bool = False) -> tuple[str, ...]:
+    """The columns of a results file, with ``meshes`` last where the run reconstructs."""
+    return (*RESULT_FIELDS, MESH_FIELD) if meshes else RESULT_FIELDS
+
+
+def parquet_schema(meshes: bool = False) -> Any:
     """The fixed Arrow schema of a Parquet results file (explicit, so that an image without faces or a chunk of
     errors never changes a column's type): a face is ``{box: [x1, y1, x2, y2], score, landmarks: {name: [x, y]}}``,
-    as ``Face.to_dict()`` gives it."""
+    as ``Face.to_dict()`` gives it. With ``meshes``, a ``meshes`` column holds each row's list of mesh entries as
+    one JSON string (the JSONL row's list, ``json.loads`` gives it back): an entry is deep (68 x 3 landmarks, pose)
+    and its keys vary by 3D model (``extras``) and by run (``files``), which a fixed struct would have to freeze."""
     require_pyarrow()
     import pyarrow as pa
 
@@ -100,6 +114,7 @@ def parquet_schema() -> Any:
             ("landmarks", pa.struct([(name, point) for name in LANDMARK_NAMES])),
         ]
     )
+    timings = ["decode", "detect", "reconstruct"] if meshes else ["decode", "detect"]
     return pa.schema(
         [
             pa.field("path", pa.string(), nullable=False),
@@ -107,9 +122,10 @@ def parquet_schema() -> Any:
             ("height", pa.int64()),
             ("faces", pa.list_(face)),
             ("num_faces", pa.int64()),
-            ("timings_ms", pa.struct([("decode", pa.float64()), ("detect", pa.float64())])),
+            ("timings_ms", pa.struct([(name, pa.float64()) for name in timings])),
             ("model", pa.string()),
             ("error", pa.string()),
+            *([(MESH_FIELD, pa.string())] if meshes else []),
         ]
     )
 
@@ -126,8 +142,10 @@ class Resume:
 class ResultsFile(ABC):
     """A results file being resumed and appended to; :func:`open_results` picks the format by suffix."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, meshes: bool = False) -> None:
         self.path = path
+        self.meshes = meshes
+        """Whether the rows carry ``meshes`` (``--reconstruct``)."""
         self._rewrite = False
         """Set when this run wrote a path the file already had (a retried error): finishing keeps the last row."""
         self._known: set[str] = set()
@@ -157,6 +175,20 @@ class ResultsFile(ABC):
         self._known.update(row["path"] for row in rows)
         self._append(rows)
 
+    def _check_meshes(self, source: Path, has_meshes: bool) -> None:
+        """A file written with ``--reconstruct`` resumes only with it, and one written without only without it."""
+        if has_meshes == self.meshes:
+            return
+        if self.meshes:
+            raise ValueError(
+                f"{source} was written without --reconstruct (its rows have no meshes): rerun without --reconstruct "
+                "to resume it, or give a new --out for the meshes"
+            )
+        raise ValueError(
+            f"{source} was written with --reconstruct (its rows have meshes): add --reconstruct to resume it, or "
+            "give a new --out"
+        )
+
     @abstractmethod
     def _read_rows(self) -> Iterable[Row]:
         """Every row written so far, in writing order (only ``path`` and ``error`` are needed)."""
@@ -175,7 +207,7 @@ class JsonlResults(ResultsFile):
     def _read_rows(self) -> Iterable[Row]:
         if not self.path.is_file():
             return []
-        rows = []
+        rows: list[Row] = []
         lines = self.path.read_bytes().split(b"\n")
         complete, last = lines[:-1], lines[-1]  # `last` is b"" when the file ends with a newline
         for number, line in enumerate(complete, 1):
@@ -189,6 +221,8 @@ class JsonlResults(ResultsFile):
                 ) from None
             if not isinstance(row, dict) or "path" not in row:
                 raise ValueError(f"{self.path} line {number} has no 'path': not a batch results file?")
+            if not rows:
+                self._check_meshes(self.path, MESH_FIELD in row)
             rows.append(row)
         if last.strip():
             log.warning("%s: its last line was cut short (a crash?); that image is run again", self.path)
@@ -226,9 +260,9 @@ class JsonlResults(ResultsFile):
 class ParquetResults(ResultsFile):
     """``path`` plus part files in ``<path>.parts/``, merged into ``path`` by :meth:`finish`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, meshes: bool = False) -> None:
         require_pyarrow()
-        super().__init__(path)
+        super().__init__(path, meshes=meshes)
         self.parts = path.with_name(path.name + ".parts")
 
     def _part_files(self) -> list[Path]:
@@ -242,6 +276,7 @@ class ParquetResults(ResultsFile):
             names = pq.read_schema(file).names
             if "path" not in names or "error" not in names:
                 raise ValueError(f"{file} has no 'path' and 'error' columns: not a `retinaserve batch` results file?")
+            self._check_meshes(file, MESH_FIELD in names)
             rows.extend(pq.read_table(file, columns=["path", "error"]).to_pylist())
         if self._part_files():
             log.info("%s: resuming with %d part files left by an unfinished run", self.path, len(self._part_files()))
@@ -254,7 +289,9 @@ class ParquetResults(ResultsFile):
         self.parts.mkdir(parents=True, exist_ok=True)
         existing = self._part_files()
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        table = pa.Table.from_pylist(list(rows), schema=parquet_schema())
+        if self.meshes:  # a JSON string each (see parquet_schema)
+            rows = [{**row, MESH_FIELD: _json_or_none(row[MESH_FIELD])} for row in rows]
+        table = pa.Table.from_pylist(list(rows), schema=parquet_schema(self.meshes))
         target = self.parts / f"part-{number:05d}.parquet"
         _replace_atomically(target, lambda tmp: pq.write_table(table, tmp))
 
@@ -267,9 +304,10 @@ class ParquetResults(ResultsFile):
             if self.parts.is_dir():
                 shutil.rmtree(self.parts)
             return
-        schema = parquet_schema()
+        schema = parquet_schema(self.meshes)
         files = ([self.path] if self.path.is_file() else []) + parts
-        table = pa.concat_tables(pq.read_table(file).select(list(RESULT_FIELDS)).cast(schema) for file in files)
+        fields = list(result_fields(self.meshes))
+        table = pa.concat_tables(pq.read_table(file).select(fields).cast(schema) for file in files)
         last: dict[str, int] = {}
         for index, path in enumerate(table.column("path").to_pylist()):
             last[path] = index  # the last row of a path wins; dicts keep first-insertion order
@@ -277,6 +315,10 @@ class ParquetResults(ResultsFile):
             table = table.take(sorted(last.values()))
         _replace_atomically(self.path, lambda tmp: pq.write_table(table, tmp))
         shutil.rmtree(self.parts)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _replace_atomically(target: Path, write: Any) -> None:
@@ -290,13 +332,14 @@ def _replace_atomically(target: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def open_results(path: Path) -> ResultsFile:
-    """The results file at ``path``, by suffix: ``.parquet`` or ``.jsonl``; anything else is a ValueError."""
+def open_results(path: Path, *, meshes: bool = False) -> ResultsFile:
+    """The results file at ``path``, by suffix: ``.parquet`` or ``.jsonl``; anything else is a ValueError.
+    ``meshes``: its rows carry ``meshes`` (``--reconstruct``)."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return ParquetResults(path)
+        return ParquetResults(path, meshes=meshes)
     if suffix == ".jsonl":
-        return JsonlResults(path)
+        return JsonlResults(path, meshes=meshes)
     raise ValueError(f"--out must end in .parquet or .jsonl (the format is chosen by suffix), got {path}")
 
 

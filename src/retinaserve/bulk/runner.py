@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..detection import Detector, ResizePolicy
 from ..detection.detector import DecodeMode
@@ -22,6 +23,10 @@ from ..errors import RetinaServeError
 from ..images import DEFAULT_MAX_PIXELS, ReducedImage, load_image, load_image_reduced
 from ..registry import DEFAULT_MODEL, get_model_spec
 from .results import Row, error_row, image_row
+
+if TYPE_CHECKING:
+    from ..detection.results import ImageResult
+    from .meshes import MeshStage
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -144,19 +149,21 @@ def decode_path(decoder: ImageDecoder, path: str) -> Decoded:
     return Decoded(path, image, (time.perf_counter() - start) * 1e3, error)
 
 
-def detect_rows(detector: Detector, batch: Sequence[Decoded]) -> list[Row]:
+def detect_rows(detector: Detector, batch: Sequence[Decoded], meshes: MeshStage | None = None) -> list[Row]:
     """Rows for ``batch`` in its order: the decoded images in one ``detector.run`` call (images of the same input
     shape share a network call; the results equal each image's alone), the others with their decode error. A call
     that refuses an image is retried one image at a time, so one bad image never sinks the batch. ``detect`` ms is
-    each image's share of its call."""
+    each image's share of its call. With ``meshes`` (``--reconstruct``), each row also gets its faces' meshes."""
     model = detector.name
     good = [item for item in batch if item.image is not None]
     done: dict[int, Row] = {}
+    found: dict[int, ImageResult] = {}
     if good:
         try:
             results = detector.run([item.image for item in good if item.image is not None])
             share = results[0].timings_ms["total"] / len(good)
             done = {id(item): image_row(item.path, model, r, item.decode_ms, share) for item, r in zip(good, results)}
+            found = {id(item): r for item, r in zip(good, results)}
         except (RetinaServeError, ValueError) as exc:
             log.warning("a batch of %d images was refused (%s); running them one by one", len(good), one_line(exc))
             for item in good:
@@ -164,13 +171,23 @@ def detect_rows(detector: Detector, batch: Sequence[Decoded]) -> list[Row]:
                 try:
                     result = detector.run([item.image])[0]  # type: ignore[list-item]
                     done[id(item)] = image_row(item.path, model, result, item.decode_ms, result.timings_ms["total"])
+                    found[id(item)] = result
                 except (RetinaServeError, ValueError) as one:
                     ms = (time.perf_counter() - start) * 1e3
                     done[id(item)] = error_row(item.path, model, one_line(one), item.decode_ms, ms)
-    return [
+    rows = [
         done[id(item)] if item.image is not None else error_row(item.path, model, item.error or "", item.decode_ms)
         for item in batch
     ]
+    if meshes is None:
+        return rows
+    detected = {}
+    for index, item in enumerate(batch):
+        if item.image is not None and id(item) in found:
+            if item.image.reduction != 1:
+                raise ValueError("--reconstruct needs images decoded at full size (--decode exact)")
+            detected[index] = (item.image.pixels, found[id(item)])
+    return meshes.add(rows, detected)
 
 
 def run_in_process(
@@ -181,9 +198,11 @@ def run_in_process(
     batch_size: int | None = None,
     threads: int | None = None,
     lookahead: int = 2,
+    meshes: MeshStage | None = None,
 ) -> None:
     """Detect faces in every path, calling ``on_row`` for each image's row in order. ``threads`` decode up to
-    ``lookahead`` batches ahead of the detector (bounded memory); ``batch_size`` None: the detector's own."""
+    ``lookahead`` batches ahead of the detector (bounded memory); ``batch_size`` None: the detector's own;
+    ``meshes``: also reconstruct the faces (``--reconstruct``)."""
     batch_size = batch_size or detector.batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -196,10 +215,10 @@ def run_in_process(
             pending.append([pool.submit(decode_path, decoder, path) for path in chunk])
             if len(pending) <= lookahead:
                 continue
-            for row in detect_rows(detector, [future.result() for future in pending.popleft()]):
+            for row in detect_rows(detector, [future.result() for future in pending.popleft()], meshes):
                 on_row(row)
         while pending:
-            for row in detect_rows(detector, [future.result() for future in pending.popleft()]):
+            for row in detect_rows(detector, [future.result() for future in pending.popleft()], meshes):
                 on_row(row)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: no more decoding of images no one will see

@@ -2,7 +2,9 @@
 
 The pipeline: the paths still to do (``from_items``) -> decode tasks (``map_batches``, parallel) -> a fixed pool of
 :class:`DetectorActor` (each builds the Detector once, as ``retinaserve detect`` does, and runs a batch per call) ->
-the driver, which iterates the finished rows and writes them with the same writer as the in-process mode.
+the driver, which iterates the finished rows and writes them with the same writer as the in-process mode. With
+``--reconstruct`` each actor also builds the Reconstructor once, on its own Detector (:mod:`retinaserve.bulk.meshes`),
+and the plan adds the 3D model's files to a replica's footprint.
 
 How images travel: a decode task returns each image's pixels as a uint8 array of its own shape. Ray Data 2.60 turns
 a column of differently shaped arrays into its variable-shaped tensor type (equal shapes into a fixed-shaped one)
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bulk.meshes import MeshOptions, mesh_model_mb
 from ..bulk.runner import DEFAULT_BATCH, Decoded, DetectorOptions, ImageDecoder, decode_path, detect_rows
 from ..engine.planner import Footprint
 from ..images import ReducedImage
@@ -122,11 +125,15 @@ def _measure(options: DetectorOptions) -> tuple[DetectorOptions, Footprint, floa
     return options, footprint, card_mb
 
 
-def plan_for_cluster(options: DetectorOptions, *, replicas: int | None = None) -> tuple[DetectorOptions, ReplicaPlan]:
+def plan_for_cluster(
+    options: DetectorOptions, *, replicas: int | None = None, meshes: MeshOptions | None = None
+) -> tuple[DetectorOptions, ReplicaPlan]:
     """The options the actors build their Detector from (device, ``auto`` backend and batch size resolved) and the
     plan: one replica's footprint at that batch (else :data:`DEFAULT_BATCH`), measured here (on CUDA: in a task on a
     GPU), over the cluster's CPUs, GPUs and memory (a CPU node's capacity is Ray's ``memory`` resource, what the
-    actors' ``memory`` is reserved from)."""
+    actors' ``memory`` is reserved from). With ``meshes``, the footprint also holds the 3D model: its files' size
+    (resolved, and provisioned where allowed, here), twice over for the arrays built from them; a rough figure, as
+    these models are a few MiB beside the detector's activations."""
     import ray
 
     resources = ray.cluster_resources()
@@ -138,6 +145,10 @@ def plan_for_cluster(options: DetectorOptions, *, replicas: int | None = None) -
     else:
         options, footprint, _ = _measure(options)
         capacity_mb = float(resources.get("memory", 0.0)) / float(1 << 20) or None
+    mesh_mb = 0.0
+    if meshes is not None:
+        mesh_mb = 2.0 * mesh_model_mb(meshes.model, download=meshes.download)
+        footprint = replace(footprint, weights_mb=footprint.weights_mb + mesh_mb, fixed_mb=footprint.fixed_mb + mesh_mb)
     batch = options.batch_size or DEFAULT_BATCH  # the Detector's own default where nothing else says
     options = replace(options, batch_size=batch)
     plan = plan_replicas(
@@ -149,6 +160,8 @@ def plan_for_cluster(options: DetectorOptions, *, replicas: int | None = None) -
         capacity_mb=capacity_mb,
         reserve_cpus=1.0 if cpus > 2 else 0.0,
     )
+    if meshes is not None:
+        plan = replace(plan, reason=f"{plan.reason} (with {meshes.model}: {mesh_mb:.0f} MiB of it)")
     return options, plan
 
 
@@ -186,11 +199,19 @@ def _decoded_from(batch: dict[str, np.ndarray]) -> list[Decoded]:
 
 
 class DetectorActor:
-    """One model replica of the Ray Data pipeline: builds the Detector once, then turns each batch into rows
-    (``row``: one JSON string per image). With ``decode_here`` it decodes the paths itself."""
+    """One model replica of the Ray Data pipeline: builds the Detector once (and with ``meshes`` the Reconstructor
+    on it), then turns each batch into rows (``row``: one JSON string per image). With ``decode_here`` it decodes
+    the paths itself."""
 
-    def __init__(self, options: DetectorOptions, decoder: ImageDecoder, decode_here: bool = False) -> None:
+    def __init__(
+        self,
+        options: DetectorOptions,
+        decoder: ImageDecoder,
+        decode_here: bool = False,
+        meshes: MeshOptions | None = None,
+    ) -> None:
         self.detector = options.build()
+        self.meshes = meshes.build(self.detector, options.device) if meshes is not None else None
         if ImageDecoder.of(self.detector) != decoder:  # the decode tasks must load exactly as the Detector would
             raise RuntimeError(f"the decode stage ({decoder}) differs from the Detector's ({self.detector!r})")
         self.decoder = decoder
@@ -201,7 +222,7 @@ class DetectorActor:
             decoded = [decode_path(self.decoder, str(path)) for path in batch["path"]]
         else:
             decoded = _decoded_from(batch)
-        rows = detect_rows(self.detector, decoded)
+        rows = detect_rows(self.detector, decoded, self.meshes)
         return {"row": np.array([json.dumps(row) for row in rows], dtype=object)}
 
 
@@ -219,11 +240,12 @@ def run_on_ray(
     on_row: Callable[[Row], None],
     *,
     rows_per_call: int = DEFAULT_BATCH,
+    meshes: MeshOptions | None = None,
 ) -> float | None:
     """Detect faces in ``paths`` on the connected Ray cluster with ``plan.replicas`` actors of ``plan``'s size,
     ``rows_per_call`` images per actor call (run by the Detector in network calls of its own batch size), calling
     ``on_row`` with each image's row as the driver receives it (in no particular order). Returns the CPUs of each
-    decode task (None: the replicas decoded, see :func:`decode_cpus`)."""
+    decode task (None: the replicas decoded, see :func:`decode_cpus`). ``meshes``: the actors also reconstruct."""
     import ray.data  # also binds `ray`
 
     decoder = ImageDecoder.for_model(options.model, options.decode)
@@ -245,7 +267,12 @@ def run_on_ray(
         )
     dataset = dataset.map_batches(
         DetectorActor,
-        fn_constructor_kwargs={"options": options, "decoder": decoder, "decode_here": decode is None},
+        fn_constructor_kwargs={
+            "options": options,
+            "decoder": decoder,
+            "decode_here": decode is None,
+            "meshes": meshes,
+        },
         batch_size=rows_per_call,
         compute=ray.data.ActorPoolStrategy(size=plan.replicas),
         runtime_env={"env_vars": settings} if settings else None,

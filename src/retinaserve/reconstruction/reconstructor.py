@@ -292,7 +292,6 @@ class Reconstructor:
         progress: ProgressCallback | None = None,
     ) -> list[ImageReconstruction]:
         """Reconstruct every face of every image; faces of all images share the mesh network's batches."""
-        size = self.texture_size if texture_size is None else texture_size
         max_faces = self.max_faces if max_faces is None else max_faces
         report = progress or (lambda stage, done, total: None)
         start = time.perf_counter()
@@ -301,8 +300,38 @@ class Reconstructor:
         report("detect", 0, len(images))
         decoded = [load_image(image, channels=channels, max_pixels=self.max_pixels) for image in images]
         detections = self.detector.run(decoded, max_faces=max_faces)
-        t_detect = time.perf_counter()
+        detect_ms = (time.perf_counter() - start) * 1e3
+        return self._reconstruct(decoded, detections, detect_ms, texture_size, texture, report)
 
+    def run_detected(
+        self,
+        images: Sequence[np.ndarray],
+        detections: Sequence[ImageResult],
+        *,
+        texture_size: int | None = None,
+        texture: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> list[ImageReconstruction]:
+        """:meth:`run` on faces already detected: ``images`` (H, W, 3) uint8 RGB at full size, ``detections`` their
+        detector's results (face coordinates in those pixels), one each. ``detect`` ms is 0."""
+        if len(images) != len(detections):
+            raise ValueError(f"{len(images)} images but {len(detections)} detection results")
+        reset_peak_memory(self.backend.device)
+        report = progress or (lambda stage, done, total: None)
+        return self._reconstruct(list(images), detections, 0.0, texture_size, texture, report)
+
+    def _reconstruct(
+        self,
+        decoded: list[np.ndarray],
+        detections: Sequence[ImageResult],
+        detect_ms: float,
+        texture_size: int | None,
+        texture: bool,
+        report: ProgressCallback,
+    ) -> list[ImageReconstruction]:
+        """Crop, mesh network and texture for the detected faces of ``decoded``; the stages after ``detect``."""
+        size = self.texture_size if texture_size is None else texture_size
+        t_detect = time.perf_counter()
         faces: list[tuple[int, Face]] = []
         skipped: list[list[SkippedFace]] = []
         for index, result in enumerate(detections):
@@ -322,7 +351,7 @@ class Reconstructor:
         t_geometry = time.perf_counter()
 
         report("texture", 0, len(faces))
-        meshes: list[list[FaceMesh]] = [[] for _ in images]
+        meshes: list[list[FaceMesh]] = [[] for _ in decoded]
         for done, ((index, face), (vertices, extras)) in enumerate(zip(faces, geometry), start=1):
             meshes[index].append(
                 self.build_mesh(decoded[index], face, vertices, extras, texture_size=size, texture=texture)
@@ -330,14 +359,14 @@ class Reconstructor:
             report("texture", done, len(faces))
         t_texture = time.perf_counter()
         timings = {
-            "detect": (t_detect - start) * 1e3,
+            "detect": detect_ms,
             "crop": (t_crop - t_detect) * 1e3,
             "geometry": (t_geometry - t_crop) * 1e3,
             "texture": (t_texture - t_geometry) * 1e3,
-            "total": (t_texture - start) * 1e3,
+            "total": detect_ms + (t_texture - t_detect) * 1e3,
         }
         memory = memory_mb(self.backend.device)
         return [
             ImageReconstruction(meshes[i], skipped[i], decoded[i].shape[1], decoded[i].shape[0], timings, memory)
-            for i in range(len(images))
+            for i in range(len(decoded))
         ]
