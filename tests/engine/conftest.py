@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ..conftest import CROWD, SIX_PEOPLE, WEIGHTS
+from ..conftest import CROWD, SIX_PEOPLE, WEIGHT_DIRS
 
 EDGE = "retinaface-mnet025-edge"
 
@@ -19,11 +19,12 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 @pytest.fixture(scope="session")
 def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The same cache folder the suite's autouse fixture sets, set for session-scoped fixtures too."""
+    """The same cache folder and weight folders the suite's autouse fixture sets, set for session-scoped fixtures
+    too (and so for every module fixture set up after it, in any package)."""
     patch = pytest.MonkeyPatch()
     root = tmp_path_factory.getbasetemp() / "xdg-cache"
     patch.setenv("XDG_CACHE_HOME", str(root))
-    patch.setenv("RETINASERVE_WEIGHTS_DIR", str(WEIGHTS))
+    patch.setenv("RETINASERVE_WEIGHTS_DIR", WEIGHT_DIRS)
     yield root
     patch.undo()
 

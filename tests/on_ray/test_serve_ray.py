@@ -13,7 +13,7 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 
-from ..conftest import ASTRONAUT, CROWD, GRACE_HOPPER, SIX_PEOPLE, WEIGHT_DIRS
+from ..conftest import ASTRONAUT, CROWD, GRACE_HOPPER, SIX_PEOPLE
 from ..serve.conftest import live_server, make_app, png_header_only, settings
 from .conftest import free_port
 
@@ -65,13 +65,9 @@ def serve_url(ray_address: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def plain_url(shared: object) -> Iterator[str]:
-    """The plain server on the same settings. Module fixtures are set up before the suite's function-scoped weight
-    settings (and after other packages' session ones, e.g. tests/engine's): its app resolves its 3D data files
-    at start-up, so the weight folders are set here."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RETINASERVE_WEIGHTS_DIR", WEIGHT_DIRS)
-        with live_server(make_app(**OVERRIDES)) as (url, _server):
-            yield url
+    """The plain server on the same settings."""
+    with live_server(make_app(**OVERRIDES)) as (url, _server):
+        yield url
 
 
 def _post(url: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..detection import Detector, ResizePolicy
-from ..detection.detector import DecodeMode
+from ..detection.detector import DecodeMode, load_for_detection
 from ..errors import RetinaServeError
-from ..images import DEFAULT_MAX_PIXELS, ReducedImage, load_image, load_image_reduced
+from ..images import DEFAULT_MAX_PIXELS, ReducedImage, load_image
 from ..registry import DEFAULT_MODEL, get_model_spec
 from .results import Row, error_row, image_row
 
@@ -103,9 +103,7 @@ class ImageDecoder:
 
     def load(self, path: str | Path) -> ReducedImage:
         """A file -> upright RGB pixels (possibly reduced) with the full image's size; InvalidImageError if bad."""
-        if self.decode == "fast":
-            return load_image_reduced(path, self.resize.scaled_size, max_pixels=self.max_pixels)
-        return ReducedImage.full(load_image(path, max_pixels=self.max_pixels))
+        return load_for_detection(path, self.resize, self.decode, max_pixels=self.max_pixels)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .boxes import decode_boxes, decode_landmarks, nms
 from .priors import PriorCache
 from .results import Face, ImageResult, Landmarks
 
-__all__ = ["DecodeMode", "Detector", "ResizePolicy", "resolve_device"]
+__all__ = ["DecodeMode", "Detector", "ResizePolicy", "load_for_detection", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,22 @@ class ResizePolicy:
         if self.det_size is not None:
             return f"{self.det_size[0]}x{self.det_size[1]} letterbox"
         return "original size"
+
+
+def load_for_detection(
+    image: ImageInput,
+    resize: ResizePolicy,
+    decode: DecodeMode = "fast",
+    *,
+    channels: ChannelOrder = "rgb",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ReducedImage:
+    """An input -> RGB pixels with the full image's size, as a Detector loads a path itself: "fast" lets a JPEG
+    decode at the 1/2, 1/4 or 1/8 scale ``resize`` needs. For decoding apart from the Detector (worker threads,
+    Ray tasks) with no change to the results."""
+    if decode == "fast":
+        return load_image_reduced(image, resize.scaled_size, channels=channels, max_pixels=max_pixels)
+    return ReducedImage.full(load_image(image, channels=channels, max_pixels=max_pixels))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -315,13 +331,10 @@ class Detector:
     def _load(
         self, image: ImageInput | ReducedImage, channels: ChannelOrder, resize: ResizePolicy, decode: DecodeMode
     ) -> ReducedImage:
-        """One input -> RGB pixels with the full image's size; "fast" lets a JPEG decode at the scale ``resize``
-        needs."""
+        """One input -> RGB pixels with the full image's size (see :func:`load_for_detection`)."""
         if isinstance(image, ReducedImage):
             return image
-        if decode == "fast":
-            return load_image_reduced(image, resize.scaled_size, channels=channels, max_pixels=self.max_pixels)
-        return ReducedImage.full(load_image(image, channels=channels, max_pixels=self.max_pixels))
+        return load_for_detection(image, resize, decode, channels=channels, max_pixels=self.max_pixels)
 
     def _resize_normalise(
         self,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import parse_size
+from ..cli import at_least_one, parse_size
 
 __all__ = ["add_bench_parser", "add_plan_parser", "cmd_bench", "cmd_plan"]
 
@@ -141,13 +141,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -182,7 +175,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     plan.add_argument("--batch", type=int, default=8, help="batch size of one stream (default 8)")
     plan.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CPU plans against RAM)")
     video = plan.add_argument_group("video streams (any of these plans streams instead of batches)")
-    video.add_argument("--streams", type=_positive_int, help="video streams wanted: says which models hold them")
+    video.add_argument("--streams", type=at_least_one, help="video streams wanted: says which models hold them")
     video.add_argument("--fps", type=_positive_float, help=f"frames per second of each stream (default {_FPS:g})")
     video.add_argument(
         "--size", type=parse_size, help=f"frame size WxH (default {_FRAME[0]}x{_FRAME[1]}); each model resizes it"

@@ -33,9 +33,8 @@ import numpy as np
 
 from ..bulk.meshes import MeshOptions, mesh_model_mb
 from ..bulk.runner import DEFAULT_BATCH, Decoded, DetectorOptions, ImageDecoder, decode_path, detect_rows
-from ..engine.planner import Footprint
 from ..images import ReducedImage
-from .sizing import ReplicaPlan, measure_replica_footprint, plan_replicas
+from .sizing import ReplicaPlan, measure_replica, plan_replicas
 
 __all__ = ["DetectorActor", "decode_batch", "decode_cpus", "plan_for_cluster", "ray_session", "run_on_ray"]
 
@@ -93,38 +92,6 @@ def _cluster_device(options: DetectorOptions, gpus: float) -> str:
     return "cpu"
 
 
-def _resolved_engine(options: DetectorOptions) -> DetectorOptions:
-    """``auto`` -> the backend the Detector would pick here (FP32: the fastest by measurement, cached per machine,
-    and the batch size that paid there unless one is given; other precisions: the engine's rule)."""
-    if options.backend != "auto":
-        return options
-    from ..engine.factory import EngineConfig, fastest_backend, resolve_engine
-    from ..registry import get_model_spec
-
-    config = EngineConfig(backend="auto", precision=options.precision, device=options.device)  # type: ignore[arg-type]
-    if resolve_engine(config).precision == "fp32":
-        _, profile = fastest_backend(
-            get_model_spec(options.model), config, weights=options.weights, download=options.download
-        )
-        return replace(options, backend=profile.backend, batch_size=options.batch_size or profile.max_batch)
-    return replace(options, backend=resolve_engine(config).backend)
-
-
-def _measure(options: DetectorOptions) -> tuple[DetectorOptions, Footprint, float | None]:
-    """(the options with ``auto`` resolved, one replica's measured footprint, the card's memory in MiB on CUDA),
-    on this machine."""
-    options = _resolved_engine(options)
-    footprint = measure_replica_footprint(
-        options.model, backend=options.backend, precision=options.precision, device=options.device
-    )
-    card_mb = None
-    if options.device == "cuda":
-        import torch
-
-        card_mb = torch.cuda.get_device_properties(0).total_memory / float(1 << 20)
-    return options, footprint, card_mb
-
-
 def plan_for_cluster(
     options: DetectorOptions, *, replicas: int | None = None, meshes: MeshOptions | None = None
 ) -> tuple[DetectorOptions, ReplicaPlan]:
@@ -140,10 +107,19 @@ def plan_for_cluster(
     cpus = float(resources.get("CPU", 0.0))
     gpus = float(resources.get("GPU", 0.0))
     options = replace(options, device=_cluster_device(options, gpus))
+    measured = measure_replica(
+        options.model,
+        backend=options.backend,
+        precision=options.precision,
+        device=options.device,
+        weights=options.weights,
+        download=options.download,
+    )
+    options = replace(options, backend=measured.backend, batch_size=options.batch_size or measured.batch)
+    footprint = measured.footprint
     if options.device == "cuda":
-        options, footprint, capacity_mb = ray.get(ray.remote(num_gpus=1)(_measure).remote(options))
+        capacity_mb = measured.card_mb
     else:
-        options, footprint, _ = _measure(options)
         capacity_mb = float(resources.get("memory", 0.0)) / float(1 << 20) or None
     mesh_mb = 0.0
     if meshes is not None:

@@ -36,7 +36,7 @@ from ..serve.batching import BatchStats, QueueFullError
 from ..serve.errors import ApiError
 from ..serve.inference import Detection, DetectionService, DetectOptions, preflight
 from ..serve.settings import ServeSettings
-from .sizing import ReplicaPlan, measure_replica_footprint, plan_replicas
+from .sizing import ReplicaPlan, measure_replica, plan_replicas
 
 __all__ = [
     "APP_NAME",
@@ -275,17 +275,6 @@ def _cluster_cpus() -> float:
     return float(os.cpu_count() or 1)
 
 
-def _measure_gpu_replica(settings: ServeSettings, backend: str) -> tuple[Any, float]:
-    """One replica's footprint on this machine's GPU and the card's memory (MiB)."""
-    import torch
-
-    footprint = measure_replica_footprint(
-        settings.model, backend=backend, precision=settings.precision, device=settings.device, batches=(1, 2, 4)
-    )
-    card = torch.device(settings.device if ":" in settings.device else "cuda:0")
-    return footprint, torch.cuda.get_device_properties(card).total_memory / float(1 << 20)
-
-
 def plan_for(
     settings: ServeSettings,
     *,
@@ -293,36 +282,34 @@ def plan_for(
     cpus: float | None = None,
     gpu_memory_mb: float | None = None,
 ) -> ReplicaPlan:
-    """The memory planner's size for one model replica of these settings, measured on this machine (a GPU
-    deployment from a machine without one: in a Ray task on a GPU of the cluster); ``replicas`` None: one on CPU
-    (its engine uses the cores), as many per card as fit on a GPU."""
-    device = settings.device
-    batch = settings.max_batch or 8
-    backend = settings.backend if settings.backend not in ("auto", "torch-baseline") else "auto"
-    total = cpus if cpus is not None else _cluster_cpus()
-    if device.startswith("cuda"):
-        import ray
-        import torch
+    """The memory planner's size for one model replica of these settings (:func:`.sizing.measure_replica`: where
+    it will run, ``auto`` resolved as the replicas will resolve it); ``replicas`` None: one on CPU (its engine uses
+    the cores), as many per card as fit on a GPU."""
+    import ray
 
-        if torch.cuda.is_available():
-            footprint, card_mb = _measure_gpu_replica(settings, backend)
-        elif ray.is_initialized():
-            footprint, card_mb = ray.get(ray.remote(num_gpus=1)(_measure_gpu_replica).remote(settings, backend))
-        else:
-            raise ValueError(
-                f"device {device}: no GPU here to measure a replica on; run on a GPU node, or join the cluster first "
-                "(`retinaserve serve --ray` measures in a Ray task on a GPU)"
-            )
+    from ..registry import DEFAULT_MODEL
+
+    backend = settings.backend if settings.backend != "torch-baseline" else "torch"
+    measured = measure_replica(
+        settings.model,
+        backend=backend,
+        precision=settings.precision,
+        device=settings.device,
+        weights=settings.weights,
+        download=settings.model == DEFAULT_MODEL,  # the default model provisions itself, as on the plain server
+    )
+    batch = settings.max_batch or measured.batch or 8
+    total = cpus if cpus is not None else _cluster_cpus()
+    if settings.device.startswith("cuda"):
         gpus = float(ray.cluster_resources().get("GPU", 1.0)) if ray.is_initialized() else 1.0
-        capacity = gpu_memory_mb or card_mb
-        return plan_replicas(footprint, batch=batch, replicas=replicas, cpus=total, gpus=gpus, capacity_mb=capacity)
+        capacity = gpu_memory_mb or measured.card_mb
+        return plan_replicas(
+            measured.footprint, batch=batch, replicas=replicas, cpus=total, gpus=gpus, capacity_mb=capacity
+        )
     import psutil
 
-    footprint = measure_replica_footprint(
-        settings.model, backend=backend, precision=settings.precision, device=device, batches=(1, 2, 4)
-    )
     return plan_replicas(
-        footprint,
+        measured.footprint,
         batch=batch,
         replicas=replicas or 1,
         cpus=total,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..engine.planner import Footprint
@@ -23,7 +24,9 @@ __all__ = [
     "DEFAULT_CORES_PER_REPLICA",
     "GPU_CARDS",
     "MAX_REPLICAS_PER_GPU",
+    "MeasuredReplica",
     "ReplicaPlan",
+    "measure_replica",
     "measure_replica_footprint",
     "plan_replicas",
 ]
@@ -100,6 +103,72 @@ def measure_replica_footprint(
 
     config = EngineConfig(backend=backend, precision=precision, device=device, random_weights=True)  # type: ignore[arg-type]
     return measure_footprint(model, config, input_size, batches)
+
+
+@dataclass(frozen=True)
+class MeasuredReplica:
+    """What a replica will run (``auto`` resolved) and its measured footprint."""
+
+    backend: str
+    batch: int | None
+    """The batch size that paid when ``auto`` measured the backends here; None when no measurement said."""
+    footprint: Footprint
+    card_mb: float | None
+    """The GPU's memory (MiB) on CUDA; None on CPU."""
+
+
+def _measure_here(
+    model: str, backend: str, precision: str, device: str, weights: Path | None, download: bool
+) -> MeasuredReplica:
+    batch = None
+    if backend == "auto":
+        from ..engine.factory import EngineConfig, fastest_backend, resolve_engine
+        from ..registry import get_model_spec
+
+        config = EngineConfig(backend="auto", precision=precision, device=device)  # type: ignore[arg-type]
+        if resolve_engine(config).precision == "fp32":  # what the Detector's auto picks: measured, cached here
+            _, profile = fastest_backend(get_model_spec(model), config, weights=weights, download=download)
+            backend, batch = profile.backend, profile.max_batch
+        else:
+            backend = resolve_engine(config).backend
+    footprint = measure_replica_footprint(model, backend=backend, precision=precision, device=device)
+    card_mb = None
+    if device.startswith("cuda"):
+        import torch
+
+        card = torch.device(device if ":" in device else "cuda:0")
+        card_mb = torch.cuda.get_device_properties(card).total_memory / float(1 << 20)
+    return MeasuredReplica(backend, batch, footprint, card_mb)
+
+
+def measure_replica(
+    model: str,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    device: str = "cpu",
+    weights: Path | None = None,
+    download: bool = False,
+) -> MeasuredReplica:
+    """One replica of ``model`` measured where it will run: ``auto`` resolved as the Detector resolves it (so the
+    footprint is that of the backend the replicas run, and the replicas find the measurement cached), then the
+    planner's footprint. A CUDA replica asked for on a machine without a GPU is measured in a Ray task on a GPU of
+    the connected cluster."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            import ray
+
+            if not ray.is_initialized():
+                raise ValueError(
+                    f"device {device}: no GPU here to measure a replica on; run on a GPU node, or join a Ray "
+                    "cluster with GPUs first"
+                )
+            task = ray.remote(num_gpus=1)(_measure_here)
+            measured: MeasuredReplica = ray.get(task.remote(model, backend, precision, "cuda", weights, download))
+            return measured
+    return _measure_here(model, backend, precision, device, weights, download)
 
 
 def _round_up(value: float, step: float) -> float:
